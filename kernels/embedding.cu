@@ -1,0 +1,13 @@
+// Embedding gather: out[i] = embed_tokens[token, i], widened to fp32 (the residual stream's type).
+// Defines: HIDDEN, VOCAB.
+
+extern "C" __global__ void embedding(const int* __restrict__ step,
+                                     const f16_t* __restrict__ table,
+                                     float* __restrict__ out) {
+    int token = step[STEP_TOKEN];
+    // Ids are validated on the host; a bad id here still never reads out of bounds.
+    if (token < 0 || token >= VOCAB) token = 0;
+    const f16_t* row = table + (long long)token * HIDDEN;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HIDDEN; i += gridDim.x * blockDim.x)
+        out[i] = f16_to_f32(row[i]);
+}

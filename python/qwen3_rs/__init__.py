@@ -1,0 +1,31 @@
+"""qwen3_rs: fast Qwen3 AWQ 4-bit inference on NVIDIA GPUs, with a Rust core and its own kernels.
+
+    >>> from qwen3_rs import Qwen3Engine
+    >>> engine = Qwen3Engine("path/to/Qwen3-8B-AWQ")
+    >>> engine.generate([9707, 11, 1879], max_new_tokens=20)
+"""
+
+import glob
+import os
+import sys
+
+
+def _nvrtc_wheel_library():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel, used when no CUDA toolkit provides one."""
+    for base in sys.path:
+        for pattern in ("nvidia/cu13/lib/libnvrtc.so.*", "nvidia/cuda_nvrtc/lib/libnvrtc.so.*"):
+            found = [p for p in glob.glob(os.path.join(base or ".", pattern)) if "builtins" not in p]
+            if found:
+                return sorted(found)[-1]
+    return None
+
+
+if "QWEN3_RS_NVRTC_FALLBACK" not in os.environ:
+    _lib = _nvrtc_wheel_library()
+    if _lib:
+        os.environ["QWEN3_RS_NVRTC_FALLBACK"] = _lib
+
+from . import errors  # noqa: E402
+from ._qwen3_rs import Qwen3Engine, __version__, compile_kernels, cuda_device_count, nvrtc_version  # noqa: E402
+
+__all__ = ["Qwen3Engine", "errors", "cuda_device_count", "compile_kernels", "nvrtc_version", "__version__"]

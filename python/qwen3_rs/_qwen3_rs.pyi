@@ -1,0 +1,50 @@
+"""Type stubs of the compiled core."""
+
+import os
+from typing import Any, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+TokenIds = Union[Sequence[int], npt.NDArray[np.integer]]
+
+class Qwen3Engine:
+    """A Qwen3 AWQ 4-bit checkpoint (Hugging Face format) loaded on one GPU.
+
+    Every file is validated before the GPU is touched; errors are `qwen3_rs.errors` exceptions
+    naming the file, tensor or field.
+    """
+
+    def __init__(
+        self, model_path: Union[str, os.PathLike[str]], device: int = 0, max_seq_len: int | None = None
+    ) -> None: ...
+    def generate(self, ids: TokenIds, max_new_tokens: int = 20, ignore_eos: bool = False) -> list[int]:
+        """Greedy continuation of `ids` from a fresh sequence; returns the new token ids only.
+
+        Stops after an eos token of generation_config.json (included in the result) unless
+        `ignore_eos`.
+        """
+    def logits(self, ids: TokenIds) -> npt.NDArray[np.float32]:
+        """Logits at every position of `ids`, shape [len(ids), vocab_size]."""
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's config.json."""
+    @property
+    def max_seq_len(self) -> int:
+        """Positions the KV cache holds."""
+
+def cuda_device_count() -> int:
+    """Number of visible CUDA devices (0 without a driver or GPU)."""
+
+def compile_kernels(
+    model_dir: Union[str, os.PathLike[str]], arch: str, cache_dir: Union[str, os.PathLike[str], None] = None
+) -> list[tuple[str, bool]]:
+    """Compiles every kernel the model uses for `arch` (e.g. "sm_90"); no GPU needed.
+
+    Returns (kernel key, served from the disk cache) pairs.
+    """
+
+def nvrtc_version() -> tuple[int, int]:
+    """The NVRTC version in use."""

@@ -1,0 +1,162 @@
+//! One `Executor` per device: its context, its stream, its kernel modules (compiled for the
+//! device's own architecture, cached in memory here and on disk by `compile`), and checked
+//! allocation and copy helpers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::cuda::compile;
+use crate::cuda::kernel::KernelType;
+use crate::error::{Error, Result};
+
+/// Whether the CUDA driver library can be loaded at all (no panic when it cannot).
+fn driver_present() -> bool {
+    // SAFETY: only probes dlopen with cudarc's candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Number of visible CUDA devices; 0 when there is no driver or no device.
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .unwrap_or(0)
+}
+
+pub struct Executor {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    arch: String,
+    cache_dir: Option<PathBuf>,
+    modules: RwLock<HashMap<KernelType, Arc<CudaModule>>>,
+}
+
+impl Executor {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::CudaUnavailable(
+                "the NVIDIA driver library (libcuda.so) was not found".into(),
+            ));
+        }
+        let count = device_count();
+        if ordinal >= count {
+            return Err(Error::InvalidArgument(format!(
+                "device {ordinal} does not exist: {count} CUDA device(s) visible"
+            )));
+        }
+        compile::nvrtc_version()?;
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream per device orders all work, so cudarc's per-buffer event tracking (meant for
+        // buffers shared across streams) only adds overhead to every launch.
+        // SAFETY: no buffer of this context is used on another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let (major, minor) = ctx.compute_capability()?;
+        Ok(Executor {
+            ctx,
+            stream,
+            ordinal,
+            arch: format!("sm_{major}{minor}"),
+            cache_dir: compile::default_cache_dir(),
+            modules: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        Ok(self.ctx.mem_get_info()?)
+    }
+
+    /// Loads an entry point of a kernel, compiling the module on first use.
+    pub fn function(&self, kernel: KernelType, entry: &str) -> Result<CudaFunction> {
+        let cached = self
+            .modules
+            .read()
+            .map_err(|_| Error::Internal("kernel cache lock poisoned".into()))?
+            .get(&kernel)
+            .cloned();
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let compiled = compile::compile(&kernel, &self.arch, self.cache_dir.as_deref())?;
+                let module = self.ctx.load_module(Ptx::from_binary(compiled.cubin))?;
+                self.modules
+                    .write()
+                    .map_err(|_| Error::Internal("kernel cache lock poisoned".into()))?
+                    .entry(kernel)
+                    .or_insert(module)
+                    .clone()
+            }
+        };
+        Ok(module.load_function(entry)?)
+    }
+
+    /// A zeroed device buffer; `what` names it in an out-of-memory error.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        let r = self.stream.alloc_zeros::<T>(len.max(1));
+        self.check_alloc(r, len * std::mem::size_of::<T>(), what)
+    }
+
+    /// Copies host data into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
+        let r = self.stream.clone_htod(data);
+        self.check_alloc(r, std::mem::size_of_val(data), what)
+    }
+
+    /// Copies a device buffer to the host (synchronizes the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); buf.len()];
+        self.stream.memcpy_dtoh(buf, &mut out)?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn check_alloc<T>(
+        &self,
+        r: std::result::Result<T, DriverError>,
+        bytes: usize,
+        what: &str,
+    ) -> Result<T> {
+        r.map_err(|e| {
+            if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+                let free = self.ctx.mem_get_info().map(|m| m.0).unwrap_or(0);
+                Error::OutOfMemory(format!(
+                    "allocating {what} ({bytes} bytes) on device {}: {free} bytes free",
+                    self.ordinal
+                ))
+            } else {
+                Error::Driver(e)
+            }
+        })
+    }
+}

@@ -1,0 +1,581 @@
+//! Typed launchers: one per kernel family. Each is built for one `KernelType` (its shape), checks
+//! the buffers it is handed against that shape, and only then launches; the `// SAFETY:` notes
+//! state what the kernel reads and writes so the checks can be judged against them.
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use crate::cuda::executor::Executor;
+use crate::cuda::kernel::{Epilogue, KernelType, ATTENTION_THREADS, GEMV_WARPS};
+use crate::error::{Error, Result};
+use crate::model::awq_linear::AwqLinear;
+
+fn check(ok: bool, kernel: &KernelType, what: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("launch of {kernel}: {}", what())))
+    }
+}
+
+fn cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Step state on the device: [token, position]. Kernels read it so launches never change per step.
+pub const STEP_LEN: usize = 2;
+
+pub struct Embedding {
+    ty: KernelType,
+    f: CudaFunction,
+    hidden: usize,
+    vocab: usize,
+}
+
+impl Embedding {
+    pub fn new(ex: &Executor, hidden: usize, vocab: usize) -> Result<Self> {
+        let ty = KernelType::Embedding {
+            hidden: hidden as u32,
+            vocab: vocab as u32,
+        };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "embedding")?,
+            hidden,
+            vocab,
+        })
+    }
+
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        step: &CudaSlice<i32>,
+        table: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check(
+            step.len() >= STEP_LEN
+                && table.len() == self.vocab * self.hidden
+                && out.len() >= self.hidden,
+            &self.ty,
+            || {
+                format!(
+                    "step {}, table {}, out {}",
+                    step.len(),
+                    table.len(),
+                    out.len()
+                )
+            },
+        )?;
+        let c = cfg((self.hidden.div_ceil(256) as u32, 1), 256);
+        // SAFETY: reads step[0] and one table row (the id is clamped to [0, VOCAB) in the kernel),
+        // writes out[0..HIDDEN); all lengths checked above.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(step)
+                .arg(table)
+                .arg(out)
+                .launch(c)
+        }?;
+        Ok(())
+    }
+}
+
+pub struct RmsNorm {
+    ty: KernelType,
+    f: CudaFunction,
+    hidden: usize,
+}
+
+impl RmsNorm {
+    pub fn new(ex: &Executor, hidden: usize) -> Result<Self> {
+        let ty = KernelType::RmsNorm {
+            hidden: hidden as u32,
+        };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "rms_norm")?,
+            hidden,
+        })
+    }
+
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        weight: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+        eps: f32,
+    ) -> Result<()> {
+        check(
+            x.len() >= self.hidden && weight.len() == self.hidden && out.len() >= self.hidden,
+            &self.ty,
+            || format!("x {}, weight {}, out {}", x.len(), weight.len(), out.len()),
+        )?;
+        let threads = (self.hidden.min(1024) as u32).div_ceil(32) * 32;
+        // SAFETY: reads x[0..HIDDEN) and weight[0..HIDDEN), writes out[0..HIDDEN); checked above.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(x)
+                .arg(weight)
+                .arg(out)
+                .arg(&eps)
+                .launch(cfg((1, 1), threads))
+        }?;
+        Ok(())
+    }
+}
+
+/// Converts one AutoAWQ linear into rows [row_offset, row_offset + n) of an `AwqLinear`.
+pub struct AwqRepack {
+    ty: KernelType,
+    f: CudaFunction,
+    k: usize,
+    n: usize,
+    group: usize,
+}
+
+impl AwqRepack {
+    pub fn new(ex: &Executor, k: usize, n: usize, group: usize) -> Result<Self> {
+        let ty = KernelType::AwqRepack {
+            k: k as u32,
+            n: n as u32,
+            group: group as u32,
+        };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "awq_repack")?,
+            k,
+            n,
+            group,
+        })
+    }
+
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        qweight: &CudaSlice<u32>,
+        qzeros: &CudaSlice<u32>,
+        scales: &CudaSlice<u16>,
+        out: &mut AwqLinear,
+        row_offset: usize,
+    ) -> Result<()> {
+        let (k, n, g) = (self.k, self.n, self.group);
+        check(
+            qweight.len() == k * n / 8
+                && qzeros.len() == k / g * n / 8
+                && scales.len() == k / g * n
+                && out.k == k
+                && out.group == g
+                && row_offset + n <= out.rows,
+            &self.ty,
+            || {
+                format!(
+                    "qweight {}, qzeros {}, scales {}, into {}x{} at row {row_offset}",
+                    qweight.len(),
+                    qzeros.len(),
+                    scales.len(),
+                    out.rows,
+                    out.k
+                )
+            },
+        )?;
+        let c = cfg(((k / 8).div_ceil(128) as u32, n as u32), 128);
+        let offset = row_offset as i32;
+        // SAFETY: reads the three AWQ tensors within the lengths checked above; writes rows
+        // [row_offset, row_offset + N) of out's buffers, which hold out.rows rows of K/8 words and
+        // K/GROUP scales and zeros each.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(qweight)
+                .arg(qzeros)
+                .arg(scales)
+                .arg(&mut out.weight)
+                .arg(&mut out.scales)
+                .arg(&mut out.zeros)
+                .arg(&offset)
+                .launch(c)
+        }?;
+        Ok(())
+    }
+}
+
+pub struct AwqGemv {
+    ty: KernelType,
+    f: CudaFunction,
+    k: usize,
+    n: usize,
+    group: usize,
+    epilogue: Epilogue,
+}
+
+impl AwqGemv {
+    pub fn new(
+        ex: &Executor,
+        k: usize,
+        n: usize,
+        group: usize,
+        epilogue: Epilogue,
+    ) -> Result<Self> {
+        let ty = KernelType::AwqGemv {
+            k: k as u32,
+            n: n as u32,
+            group: group as u32,
+            epilogue,
+        };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "awq_gemv")?,
+            k,
+            n,
+            group,
+            epilogue,
+        })
+    }
+
+    /// y = W x, y += W x, or y = silu(W_gate x) * (W_up x), by the epilogue.
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        w: &AwqLinear,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let rows = if self.epilogue == Epilogue::SiluMul {
+            2 * self.n
+        } else {
+            self.n
+        };
+        check(
+            x.len() >= self.k
+                && w.k == self.k
+                && w.group == self.group
+                && w.rows == rows
+                && y.len() >= self.n,
+            &self.ty,
+            || {
+                format!(
+                    "x {}, weight {}x{} group {}, y {}",
+                    x.len(),
+                    w.rows,
+                    w.k,
+                    w.group,
+                    y.len()
+                )
+            },
+        )?;
+        let c = cfg(
+            (self.n.div_ceil(GEMV_WARPS as usize) as u32, 1),
+            32 * GEMV_WARPS,
+        );
+        // SAFETY: reads x[0..K) and `rows` rows of w (K/8 words, K/GROUP scales and zeros each),
+        // writes (or adds to) y[0..N); all checked above. x and y are distinct buffers.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(x)
+                .arg(&w.weight)
+                .arg(&w.scales)
+                .arg(&w.zeros)
+                .arg(y)
+                .launch(c)
+        }?;
+        Ok(())
+    }
+}
+
+pub struct HalfGemv {
+    ty: KernelType,
+    f: CudaFunction,
+    k: usize,
+    n: usize,
+}
+
+impl HalfGemv {
+    pub fn new(ex: &Executor, k: usize, n: usize) -> Result<Self> {
+        let ty = KernelType::HalfGemv {
+            k: k as u32,
+            n: n as u32,
+        };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "half_gemv")?,
+            k,
+            n,
+        })
+    }
+
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<u16>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check(
+            self.k % 8 == 0 && x.len() >= self.k && w.len() == self.n * self.k && y.len() >= self.n,
+            &self.ty,
+            || format!("x {}, w {}, y {}", x.len(), w.len(), y.len()),
+        )?;
+        let c = cfg(
+            (self.n.div_ceil(GEMV_WARPS as usize) as u32, 1),
+            32 * GEMV_WARPS,
+        );
+        // SAFETY: reads x[0..K) and w[0..N*K) in 16-byte vectors (K % 8 == 0 keeps rows aligned),
+        // writes y[0..N); checked above.
+        unsafe { s.launch_builder(&self.f).arg(x).arg(w).arg(y).launch(c) }?;
+        Ok(())
+    }
+}
+
+/// Attention geometry shared by the RoPE/KV-append and attention launchers.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub head_dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+}
+
+impl HeadShape {
+    fn qkv_len(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+
+    /// Elements of one layer's K (or V) cache holding `max_seq` positions.
+    pub fn cache_len(&self, max_seq: usize) -> usize {
+        self.n_kv_heads * max_seq * self.head_dim
+    }
+}
+
+pub struct QkNormRope {
+    ty: KernelType,
+    f: CudaFunction,
+    shape: HeadShape,
+}
+
+impl QkNormRope {
+    pub fn kernel_type(shape: HeadShape) -> KernelType {
+        KernelType::QkNormRope {
+            head_dim: shape.head_dim as u32,
+            n_heads: shape.n_heads as u32,
+            n_kv_heads: shape.n_kv_heads as u32,
+        }
+    }
+
+    pub fn new(ex: &Executor, shape: HeadShape) -> Result<Self> {
+        let ty = Self::kernel_type(shape);
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "qk_norm_rope")?,
+            shape,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        qkv: &CudaSlice<f32>,
+        q_norm: &CudaSlice<u16>,
+        k_norm: &CudaSlice<u16>,
+        step: &CudaSlice<i32>,
+        q: &mut CudaSlice<f32>,
+        k_cache: &mut CudaSlice<u16>,
+        v_cache: &mut CudaSlice<u16>,
+        max_seq: usize,
+        eps: f32,
+        rope_theta: f32,
+    ) -> Result<()> {
+        let sh = self.shape;
+        check(
+            qkv.len() >= sh.qkv_len()
+                && q_norm.len() == sh.head_dim
+                && k_norm.len() == sh.head_dim
+                && step.len() >= STEP_LEN
+                && q.len() >= sh.n_heads * sh.head_dim
+                && k_cache.len() == sh.cache_len(max_seq)
+                && v_cache.len() == sh.cache_len(max_seq),
+            &self.ty,
+            || {
+                format!(
+                    "qkv {}, q {}, caches {} / {} for max_seq {max_seq}",
+                    qkv.len(),
+                    q.len(),
+                    k_cache.len(),
+                    v_cache.len()
+                )
+            },
+        )?;
+        let c = cfg(
+            ((sh.n_heads + 2 * sh.n_kv_heads) as u32, 1),
+            sh.head_dim as u32,
+        );
+        let max_seq = max_seq as i32;
+        // SAFETY: reads qkv, the two norm weights and step[1] (the kernel returns when the
+        // position is outside [0, max_seq)); writes q and one position of each cache, whose
+        // lengths match max_seq as checked above.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(qkv)
+                .arg(q_norm)
+                .arg(k_norm)
+                .arg(step)
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(&max_seq)
+                .arg(&eps)
+                .arg(&rope_theta)
+                .launch(c)
+        }?;
+        Ok(())
+    }
+}
+
+/// Split-sequence decode attention and its scratch buffers for partial results.
+pub struct Attention {
+    ty: KernelType,
+    partial: CudaFunction,
+    combine: CudaFunction,
+    shape: HeadShape,
+    chunk: usize,
+    max_seq: usize,
+    part_o: CudaSlice<f32>,
+    part_ml: CudaSlice<f32>,
+}
+
+impl Attention {
+    /// Positions per block. Shared memory holds GQA x CHUNK scores; keep it near 8 KiB.
+    fn chunk(shape: HeadShape) -> usize {
+        let gqa = (shape.n_heads / shape.n_kv_heads.max(1)).max(1);
+        ((2048 / gqa).clamp(32, 256) / 32) * 32
+    }
+
+    pub fn kernel_type(shape: HeadShape) -> KernelType {
+        KernelType::Attention {
+            head_dim: shape.head_dim as u32,
+            n_heads: shape.n_heads as u32,
+            n_kv_heads: shape.n_kv_heads as u32,
+            chunk: Self::chunk(shape) as u32,
+        }
+    }
+
+    pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize) -> Result<Self> {
+        let ty = Self::kernel_type(shape);
+        let chunk = Self::chunk(shape);
+        let max_chunks = max_seq.div_ceil(chunk);
+        Ok(Self {
+            ty,
+            partial: ex.function(ty, "attention_partial")?,
+            combine: ex.function(ty, "attention_combine")?,
+            shape,
+            chunk,
+            max_seq,
+            part_o: ex.zeros(
+                shape.n_heads * max_chunks * shape.head_dim,
+                "attention scratch",
+            )?,
+            part_ml: ex.zeros(shape.n_heads * max_chunks * 2, "attention scratch")?,
+        })
+    }
+
+    pub fn launch(
+        &mut self,
+        s: &CudaStream,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<u16>,
+        v_cache: &CudaSlice<u16>,
+        step: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let sh = self.shape;
+        let q_len = sh.n_heads * sh.head_dim;
+        check(
+            q.len() >= q_len
+                && k_cache.len() == sh.cache_len(self.max_seq)
+                && v_cache.len() == sh.cache_len(self.max_seq)
+                && step.len() >= STEP_LEN
+                && out.len() >= q_len,
+            &self.ty,
+            || {
+                format!(
+                    "q {}, caches {} / {}, out {}",
+                    q.len(),
+                    k_cache.len(),
+                    v_cache.len(),
+                    out.len()
+                )
+            },
+        )?;
+        let max_chunks = self.max_seq.div_ceil(self.chunk);
+        let (max_seq, max_chunks_i) = (self.max_seq as i32, max_chunks as i32);
+        let scale = (sh.head_dim as f32).powf(-0.5);
+        // SAFETY: attention_partial reads q, and cache rows [0, min(step[1]+1, max_seq)) of each KV
+        // head (caches hold max_seq rows, checked above); it writes the scratch entries of the
+        // chunks it covers, sized for max_chunks. attention_combine reads those same chunks and
+        // writes out[0..N_HEADS*HEAD_DIM).
+        unsafe {
+            s.launch_builder(&self.partial)
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(step)
+                .arg(&mut self.part_o)
+                .arg(&mut self.part_ml)
+                .arg(&max_seq)
+                .arg(&scale)
+                .launch(cfg(
+                    (sh.n_kv_heads as u32, max_chunks as u32),
+                    ATTENTION_THREADS,
+                ))?;
+            s.launch_builder(&self.combine)
+                .arg(&self.part_o)
+                .arg(&self.part_ml)
+                .arg(step)
+                .arg(out)
+                .arg(&max_seq)
+                .arg(&max_chunks_i)
+                .launch(cfg((sh.n_heads as u32, 1), sh.head_dim as u32))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Argmax {
+    ty: KernelType,
+    f: CudaFunction,
+    n: usize,
+}
+
+impl Argmax {
+    pub fn new(ex: &Executor, n: usize) -> Result<Self> {
+        let ty = KernelType::Argmax { n: n as u32 };
+        Ok(Self {
+            ty,
+            f: ex.function(ty, "argmax")?,
+            n,
+        })
+    }
+
+    /// Writes the index of the largest of x[0..n) into out[0].
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        check(x.len() >= self.n && !out.is_empty(), &self.ty, || {
+            format!("x {}, out {}", x.len(), out.len())
+        })?;
+        // SAFETY: reads x[0..N), writes out[0]; checked above.
+        unsafe {
+            s.launch_builder(&self.f)
+                .arg(x)
+                .arg(out)
+                .launch(cfg((1, 1), 1024))
+        }?;
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+pub mod compile;
+pub mod executor;
+pub mod kernel;
+pub mod launch;

@@ -1,0 +1,139 @@
+//! The engine: validates a model directory, loads it onto a device, and generates.
+
+use std::path::Path;
+
+use crate::config::Qwen3Config;
+use crate::cuda::executor::Executor;
+use crate::error::{ensure, Error, Result};
+use crate::model::qwen3::Qwen3Model;
+use crate::weights::Checkpoint;
+
+pub struct EngineOptions {
+    pub device: usize,
+    /// Positions the KV cache holds; defaults to the config's max_position_embeddings.
+    pub max_seq_len: Option<usize>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            device: 0,
+            max_seq_len: None,
+        }
+    }
+}
+
+pub struct Engine {
+    model: Qwen3Model,
+    /// Messages for the caller to log (e.g. unexpected extra tensors).
+    pub warnings: Vec<String>,
+}
+
+impl Engine {
+    /// Loads a Hugging Face Qwen3 AWQ checkpoint directory. Every file is validated before the
+    /// GPU is touched; the memory needed is checked against the device's free memory before any
+    /// weight is allocated.
+    pub fn load(dir: &Path, opts: &EngineOptions) -> Result<Self> {
+        let config = Qwen3Config::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let warnings = ckpt.validate(&config)?;
+        let max_seq = match opts.max_seq_len {
+            None => config.max_position_embeddings,
+            Some(n) => {
+                ensure(n >= 1 && n <= config.max_position_embeddings, || {
+                    format!(
+                        "max_seq_len {n} must be between 1 and max_position_embeddings ({})",
+                        config.max_position_embeddings
+                    )
+                })?;
+                n
+            }
+        };
+        let ex = Executor::new(opts.device)?;
+        let need = Qwen3Model::device_bytes(&config, max_seq);
+        let (free, _) = ex.memory_info()?;
+        if need > free {
+            return Err(Error::OutOfMemory(format!(
+                "the model needs about {need} bytes on device {} (weights and a KV cache of {max_seq} \
+                 positions) but {free} bytes are free; lower max_seq_len or free memory",
+                opts.device
+            )));
+        }
+        let model = Qwen3Model::load(ex, config, &ckpt, max_seq)?;
+        Ok(Engine { model, warnings })
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.model.config
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.model.max_seq()
+    }
+
+    fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
+        ensure(!ids.is_empty(), || {
+            "the prompt is empty: give at least one token id".into()
+        })?;
+        let vocab = self.model.config.vocab_size;
+        ids.iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                ensure(t >= 0 && (t as u64) < vocab as u64, || {
+                    format!("token id {t} at index {i} is outside the vocabulary [0, {vocab})")
+                })?;
+                Ok(t as u32)
+            })
+            .collect()
+    }
+
+    /// Greedy generation from a fresh sequence. Returns the new tokens only; stops after an eos
+    /// token (which is included) unless `ignore_eos`.
+    pub fn generate(
+        &mut self,
+        ids: &[i64],
+        max_new_tokens: usize,
+        ignore_eos: bool,
+    ) -> Result<Vec<u32>> {
+        let ids = self.check_ids(ids)?;
+        let max_seq = self.max_seq_len();
+        ensure(ids.len() + max_new_tokens <= max_seq, || {
+            format!(
+                "prompt ({} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len ({max_seq})",
+                ids.len()
+            )
+        })?;
+        if max_new_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let last = ids.len() - 1;
+        for (pos, &t) in ids.iter().enumerate() {
+            self.model.step(t, pos, pos == last)?;
+        }
+        let mut out = Vec::with_capacity(max_new_tokens);
+        loop {
+            let next = self.model.argmax()?;
+            out.push(next);
+            let stop = !ignore_eos && self.model.config.eos_token_ids.contains(&next);
+            if stop || out.len() == max_new_tokens {
+                return Ok(out);
+            }
+            self.model.step(next, ids.len() + out.len() - 1, true)?;
+        }
+    }
+
+    /// Logits at every position of `ids` (row-major [len, vocab]), from a fresh sequence.
+    pub fn logits(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
+        let ids = self.check_ids(ids)?;
+        let max_seq = self.max_seq_len();
+        ensure(ids.len() <= max_seq, || {
+            format!("{} tokens exceed max_seq_len ({max_seq})", ids.len())
+        })?;
+        let mut out = Vec::with_capacity(ids.len() * self.model.config.vocab_size);
+        for (pos, &t) in ids.iter().enumerate() {
+            self.model.step(t, pos, true)?;
+            out.extend(self.model.logits()?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,2 @@
+pub mod awq_linear;
+pub mod qwen3;

@@ -1,0 +1,316 @@
+//! The Qwen3 decoder on one device: weights, KV cache, activation buffers and the kernels of
+//! one decode step. A step reads token and position from device memory (`step`), so the launch
+//! sequence is identical every step.
+
+use cudarc::driver::CudaSlice;
+
+use crate::config::Qwen3Config;
+use crate::cuda::executor::Executor;
+use crate::cuda::kernel::{Epilogue, KernelType};
+use crate::cuda::launch::{
+    Argmax, Attention, AwqGemv, Embedding, HalfGemv, HeadShape, QkNormRope, RmsNorm, STEP_LEN,
+};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::awq_linear::{halves, AwqLinear};
+use crate::weights::{awq_linears, Checkpoint};
+
+struct Layer {
+    input_layernorm: CudaSlice<u16>,
+    post_attention_layernorm: CudaSlice<u16>,
+    q_norm: CudaSlice<u16>,
+    k_norm: CudaSlice<u16>,
+    /// q_proj | k_proj | v_proj stacked.
+    qkv_proj: AwqLinear,
+    o_proj: AwqLinear,
+    /// gate_proj | up_proj stacked.
+    gate_up_proj: AwqLinear,
+    down_proj: AwqLinear,
+}
+
+/// The kernels of a step, specialized for this model's shapes.
+struct Kernels {
+    embedding: Embedding,
+    rms_norm: RmsNorm,
+    qkv_proj: AwqGemv,
+    qk_norm_rope: QkNormRope,
+    attention: Attention,
+    o_proj: AwqGemv,
+    gate_up_proj: AwqGemv,
+    down_proj: AwqGemv,
+    lm_head: HalfGemv,
+    argmax: Argmax,
+}
+
+/// Activations, all fp32 so values beyond the fp16 range survive.
+struct Buffers {
+    /// [token, position]
+    step: CudaSlice<i32>,
+    /// The residual stream.
+    hidden: CudaSlice<f32>,
+    normed: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    mlp_act: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    next_token: CudaSlice<i32>,
+}
+
+pub struct Qwen3Model {
+    pub config: Qwen3Config,
+    ex: Executor,
+    embed_tokens: CudaSlice<u16>,
+    /// None when tied to embed_tokens.
+    lm_head: Option<CudaSlice<u16>>,
+    norm: CudaSlice<u16>,
+    layers: Vec<Layer>,
+    kv: KvCache,
+    k: Kernels,
+    b: Buffers,
+}
+
+impl Qwen3Model {
+    /// Device bytes the model will allocate (weights, KV cache, activations), for an up-front
+    /// check against free memory.
+    pub fn device_bytes(c: &Qwen3Config, max_seq: usize) -> usize {
+        let (h, g) = (c.hidden_size, c.quantization.group_size);
+        let embed = c.vocab_size * h * 2 * if c.tie_word_embeddings { 1 } else { 2 };
+        let layer = AwqLinear::device_bytes(h, c.q_dim() + 2 * c.kv_dim(), g)
+            + AwqLinear::device_bytes(c.q_dim(), h, g)
+            + AwqLinear::device_bytes(h, 2 * c.intermediate_size, g)
+            + AwqLinear::device_bytes(c.intermediate_size, h, g);
+        let kv = KvCache::bytes_per_token(head_shape(c), c.num_hidden_layers) * max_seq;
+        embed + layer * c.num_hidden_layers + kv + c.vocab_size * 4 + (64 << 20)
+    }
+
+    /// Uploads a validated checkpoint onto `ex`'s device.
+    pub fn load(
+        ex: Executor,
+        config: Qwen3Config,
+        ckpt: &Checkpoint,
+        max_seq: usize,
+    ) -> Result<Self> {
+        let c = &config;
+        let (h, g) = (c.hidden_size, c.quantization.group_size);
+        let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
+
+        let embed_tokens = f16("model.embed_tokens.weight")?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(f16("lm_head.weight")?)
+        };
+        let norm = f16("model.norm.weight")?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let attn = |name: &str| format!("{p}.self_attn.{name}");
+            let mlp = |name: &str| format!("{p}.mlp.{name}");
+            layers.push(Layer {
+                input_layernorm: f16(&format!("{p}.input_layernorm.weight"))?,
+                post_attention_layernorm: f16(&format!("{p}.post_attention_layernorm.weight"))?,
+                q_norm: f16(&attn("q_norm.weight"))?,
+                k_norm: f16(&attn("k_norm.weight"))?,
+                qkv_proj: AwqLinear::load(
+                    &ex,
+                    ckpt,
+                    &[
+                        (&attn("q_proj"), c.q_dim()),
+                        (&attn("k_proj"), c.kv_dim()),
+                        (&attn("v_proj"), c.kv_dim()),
+                    ],
+                    h,
+                    g,
+                )?,
+                o_proj: AwqLinear::load(&ex, ckpt, &[(&attn("o_proj"), h)], c.q_dim(), g)?,
+                gate_up_proj: AwqLinear::load(
+                    &ex,
+                    ckpt,
+                    &[
+                        (&mlp("gate_proj"), c.intermediate_size),
+                        (&mlp("up_proj"), c.intermediate_size),
+                    ],
+                    h,
+                    g,
+                )?,
+                down_proj: AwqLinear::load(
+                    &ex,
+                    ckpt,
+                    &[(&mlp("down_proj"), h)],
+                    c.intermediate_size,
+                    g,
+                )?,
+            });
+        }
+
+        let shape = head_shape(c);
+        let k = Kernels {
+            embedding: Embedding::new(&ex, h, c.vocab_size)?,
+            rms_norm: RmsNorm::new(&ex, h)?,
+            qkv_proj: AwqGemv::new(&ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store)?,
+            qk_norm_rope: QkNormRope::new(&ex, shape)?,
+            attention: Attention::new(&ex, shape, max_seq)?,
+            o_proj: AwqGemv::new(&ex, c.q_dim(), h, g, Epilogue::AddTo)?,
+            gate_up_proj: AwqGemv::new(&ex, h, c.intermediate_size, g, Epilogue::SiluMul)?,
+            down_proj: AwqGemv::new(&ex, c.intermediate_size, h, g, Epilogue::AddTo)?,
+            lm_head: HalfGemv::new(&ex, h, c.vocab_size)?,
+            argmax: Argmax::new(&ex, c.vocab_size)?,
+        };
+        let b = Buffers {
+            step: ex.zeros(STEP_LEN, "step")?,
+            hidden: ex.zeros(h, "activations")?,
+            normed: ex.zeros(h, "activations")?,
+            qkv: ex.zeros(c.q_dim() + 2 * c.kv_dim(), "activations")?,
+            q: ex.zeros(c.q_dim(), "activations")?,
+            attn: ex.zeros(c.q_dim(), "activations")?,
+            mlp_act: ex.zeros(c.intermediate_size, "activations")?,
+            logits: ex.zeros(c.vocab_size, "logits")?,
+            next_token: ex.zeros(1, "next token")?,
+        };
+        let kv = KvCache::new(&ex, shape, c.num_hidden_layers, max_seq)?;
+        ex.synchronize()?;
+        Ok(Qwen3Model {
+            config,
+            ex,
+            embed_tokens,
+            lm_head,
+            norm,
+            layers,
+            kv,
+            k,
+            b,
+        })
+    }
+
+    pub fn max_seq(&self) -> usize {
+        self.kv.max_seq
+    }
+
+    /// Runs one position: embeds `token`, appends its K/V at `pos`, and (when `want_logits`)
+    /// computes the logits. Asynchronous: nothing is read back.
+    pub fn step(&mut self, token: u32, pos: usize, want_logits: bool) -> Result<()> {
+        if token as usize >= self.config.vocab_size || pos >= self.kv.max_seq {
+            return Err(Error::Internal(format!(
+                "step({token}, {pos}) escaped validation"
+            )));
+        }
+        let s = self.ex.stream().clone();
+        s.memcpy_htod(&[token as i32, pos as i32], &mut self.b.step)?;
+        let c = &self.config;
+        let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
+        let (k, b) = (&mut self.k, &mut self.b);
+
+        k.embedding
+            .launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
+        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
+            k.rms_norm
+                .launch(&s, &b.hidden, &layer.input_layernorm, &mut b.normed, eps)?;
+            k.qkv_proj
+                .launch(&s, &b.normed, &layer.qkv_proj, &mut b.qkv)?;
+            k.qk_norm_rope.launch(
+                &s,
+                &b.qkv,
+                &layer.q_norm,
+                &layer.k_norm,
+                &b.step,
+                &mut b.q,
+                k_cache,
+                v_cache,
+                self.kv.max_seq,
+                eps,
+                theta,
+            )?;
+            k.attention
+                .launch(&s, &b.q, k_cache, v_cache, &b.step, &mut b.attn)?;
+            k.o_proj.launch(&s, &b.attn, &layer.o_proj, &mut b.hidden)?;
+            k.rms_norm.launch(
+                &s,
+                &b.hidden,
+                &layer.post_attention_layernorm,
+                &mut b.normed,
+                eps,
+            )?;
+            k.gate_up_proj
+                .launch(&s, &b.normed, &layer.gate_up_proj, &mut b.mlp_act)?;
+            k.down_proj
+                .launch(&s, &b.mlp_act, &layer.down_proj, &mut b.hidden)?;
+        }
+        if want_logits {
+            k.rms_norm
+                .launch(&s, &b.hidden, &self.norm, &mut b.normed, eps)?;
+            let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+            k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
+        }
+        Ok(())
+    }
+
+    /// The greedy next token from the last step's logits (one 4-byte read back).
+    pub fn argmax(&mut self) -> Result<u32> {
+        let s = self.ex.stream().clone();
+        self.k
+            .argmax
+            .launch(&s, &self.b.logits, &mut self.b.next_token)?;
+        let t = self.ex.download(&self.b.next_token)?;
+        Ok(t[0].max(0) as u32)
+    }
+
+    /// The last step's logits, copied to the host.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        self.ex.download(&self.b.logits)
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.ex
+    }
+}
+
+/// Every kernel specialization the model uses (for ahead-of-time compilation and its tests).
+pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
+    let (h, g, i) = (
+        c.hidden_size as u32,
+        c.quantization.group_size as u32,
+        c.intermediate_size as u32,
+    );
+    let (q, kv, v) = (c.q_dim() as u32, c.kv_dim() as u32, c.vocab_size as u32);
+    let gemv = |k, n, epilogue| KernelType::AwqGemv {
+        k,
+        n,
+        group: g,
+        epilogue,
+    };
+    let mut types = vec![
+        KernelType::Embedding {
+            hidden: h,
+            vocab: v,
+        },
+        KernelType::RmsNorm { hidden: h },
+        gemv(h, q + 2 * kv, Epilogue::Store),
+        gemv(q, h, Epilogue::AddTo),
+        gemv(h, i, Epilogue::SiluMul),
+        gemv(i, h, Epilogue::AddTo),
+        QkNormRope::kernel_type(head_shape(c)),
+        Attention::kernel_type(head_shape(c)),
+        KernelType::HalfGemv { k: h, n: v },
+        KernelType::Argmax { n: v },
+    ];
+    for (_, k, n) in awq_linears(c) {
+        let repack = KernelType::AwqRepack {
+            k: k as u32,
+            n: n as u32,
+            group: g,
+        };
+        if !types.contains(&repack) {
+            types.push(repack);
+        }
+    }
+    types
+}
+
+pub fn head_shape(c: &Qwen3Config) -> HeadShape {
+    HeadShape {
+        head_dim: c.head_dim,
+        n_heads: c.num_attention_heads,
+        n_kv_heads: c.num_key_value_heads,
+    }
+}

@@ -1,0 +1,210 @@
+//! Single-kernel runs on host arrays: upload, launch one typed launcher, download. Tests compare
+//! each kernel against an independent reference through these; the engine does not use them.
+
+use crate::cuda::executor::Executor;
+use crate::cuda::kernel::Epilogue;
+use crate::cuda::launch::{self, HeadShape, STEP_LEN};
+use crate::error::{ensure, Result};
+use crate::model::awq_linear::AwqLinear;
+
+/// One AutoAWQ linear as stored in a checkpoint: qweight [k][n/8], qzeros [k/g][n/8], scales [k/g][n].
+pub struct AwqHost<'a> {
+    pub qweight: &'a [u32],
+    pub qzeros: &'a [u32],
+    pub scales: &'a [u16],
+}
+
+fn step(ex: &Executor, token: i32, pos: i32) -> Result<cudarc::driver::CudaSlice<i32>> {
+    ex.upload(&[token, pos][..STEP_LEN], "step")
+}
+
+pub fn embedding(
+    ex: &Executor,
+    table: &[u16],
+    vocab: usize,
+    hidden: usize,
+    token: i32,
+) -> Result<Vec<f32>> {
+    ensure(table.len() == vocab * hidden, || {
+        format!("table has {} values, not {vocab} x {hidden}", table.len())
+    })?;
+    let (table, step) = (ex.upload(table, "table")?, step(ex, token, 0)?);
+    let mut out = ex.zeros(hidden, "out")?;
+    launch::Embedding::new(ex, hidden, vocab)?.launch(ex.stream(), &step, &table, &mut out)?;
+    ex.download(&out)
+}
+
+pub fn rms_norm(ex: &Executor, x: &[f32], weight: &[u16], eps: f32) -> Result<Vec<f32>> {
+    ensure(x.len() == weight.len(), || {
+        format!("x has {} values, weight {}", x.len(), weight.len())
+    })?;
+    let (xd, wd) = (ex.upload(x, "x")?, ex.upload(weight, "weight")?);
+    let mut out = ex.zeros(x.len(), "out")?;
+    launch::RmsNorm::new(ex, x.len())?.launch(ex.stream(), &xd, &wd, &mut out, eps)?;
+    ex.download(&out)
+}
+
+/// y = x W (`Store`), residual + x W (`AddTo`), or silu(x W_0) * (x W_1) (`SiluMul`, two linears).
+pub fn awq_gemv(
+    ex: &Executor,
+    x: &[f32],
+    linears: &[AwqHost],
+    n: usize,
+    group: usize,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let k = x.len();
+    let parts = if epilogue == Epilogue::SiluMul { 2 } else { 1 };
+    ensure(linears.len() == parts, || {
+        format!(
+            "{epilogue:?} takes {parts} linear(s), got {}",
+            linears.len()
+        )
+    })?;
+    ensure(
+        group >= 32 && group % 32 == 0 && k % group == 0 && n % 8 == 0,
+        || format!("unsupported shape k {k}, n {n}, group {group}"),
+    )?;
+    for l in linears {
+        ensure(
+            l.qweight.len() == k * n / 8
+                && l.qzeros.len() == k / group * n / 8
+                && l.scales.len() == k / group * n,
+            || format!("AWQ tensors do not match k {k}, n {n}, group {group}"),
+        )?;
+    }
+    let mut w = AwqLinear::alloc(ex, k, parts * n, group, "weight")?;
+    for (i, l) in linears.iter().enumerate() {
+        w.repack(ex, l.qweight, l.qzeros, l.scales, n, i * n)?;
+    }
+    let xd = ex.upload(x, "x")?;
+    let mut y = match residual {
+        Some(r) => {
+            ensure(r.len() == n, || {
+                format!("residual has {} values, not {n}", r.len())
+            })?;
+            ex.upload(r, "residual")?
+        }
+        None => ex.zeros(n, "y")?,
+    };
+    launch::AwqGemv::new(ex, k, n, group, epilogue)?.launch(ex.stream(), &xd, &w, &mut y)?;
+    ex.download(&y)
+}
+
+/// y = W x with W [n][k] fp16.
+pub fn half_gemv(ex: &Executor, x: &[f32], w: &[u16]) -> Result<Vec<f32>> {
+    let k = x.len();
+    ensure(k > 0 && k % 8 == 0 && w.len() % k == 0, || {
+        format!(
+            "weight of {} values does not fit k {k} (k % 8 == 0)",
+            w.len()
+        )
+    })?;
+    let n = w.len() / k;
+    let (xd, wd) = (ex.upload(x, "x")?, ex.upload(w, "weight")?);
+    let mut y = ex.zeros(n, "y")?;
+    launch::HalfGemv::new(ex, k, n)?.launch(ex.stream(), &xd, &wd, &mut y)?;
+    ex.download(&y)
+}
+
+fn check_heads(shape: HeadShape) -> Result<()> {
+    ensure(
+        shape.head_dim % 32 == 0
+            && shape.head_dim <= 256
+            && shape.n_kv_heads > 0
+            && shape.n_heads % shape.n_kv_heads == 0,
+        || format!("unsupported head shape {shape:?}"),
+    )
+}
+
+/// Returns (q, k, v) with k and v read back from the fp16 cache row at `pos`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope(
+    ex: &Executor,
+    qkv: &[f32],
+    q_norm: &[u16],
+    k_norm: &[u16],
+    shape: HeadShape,
+    pos: usize,
+    rope_theta: f32,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    check_heads(shape)?;
+    let (hd, nh, nkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
+    ensure(
+        qkv.len() == (nh + 2 * nkv) * hd && q_norm.len() == hd && k_norm.len() == hd,
+        || "qkv or norm weights do not match the head shape".into(),
+    )?;
+    let max_seq = pos + 1;
+    let (qkv_d, qn, kn) = (
+        ex.upload(qkv, "qkv")?,
+        ex.upload(q_norm, "q_norm")?,
+        ex.upload(k_norm, "k_norm")?,
+    );
+    let step = step(ex, 0, pos as i32)?;
+    let mut q = ex.zeros(nh * hd, "q")?;
+    let mut kc = ex.zeros(shape.cache_len(max_seq), "k cache")?;
+    let mut vc = ex.zeros(shape.cache_len(max_seq), "v cache")?;
+    launch::QkNormRope::new(ex, shape)?.launch(
+        ex.stream(),
+        &qkv_d,
+        &qn,
+        &kn,
+        &step,
+        &mut q,
+        &mut kc,
+        &mut vc,
+        max_seq,
+        eps,
+        rope_theta,
+    )?;
+    let row = |cache: Vec<u16>| -> Vec<f32> {
+        (0..nkv)
+            .flat_map(|h| cache[(h * max_seq + pos) * hd..(h * max_seq + pos + 1) * hd].to_vec())
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    };
+    Ok((
+        ex.download(&q)?,
+        row(ex.download(&kc)?),
+        row(ex.download(&vc)?),
+    ))
+}
+
+/// One query (the last position) over caches [n_kv_heads][seq][head_dim] fp16.
+pub fn attention(
+    ex: &Executor,
+    q: &[f32],
+    k_cache: &[u16],
+    v_cache: &[u16],
+    shape: HeadShape,
+) -> Result<Vec<f32>> {
+    check_heads(shape)?;
+    let per_pos = shape.n_kv_heads * shape.head_dim;
+    ensure(q.len() == shape.n_heads * shape.head_dim, || {
+        "q does not match the head shape".into()
+    })?;
+    ensure(
+        !k_cache.is_empty() && k_cache.len() % per_pos == 0 && v_cache.len() == k_cache.len(),
+        || "caches do not match the head shape".into(),
+    )?;
+    let seq = k_cache.len() / per_pos;
+    let (qd, kd, vd) = (
+        ex.upload(q, "q")?,
+        ex.upload(k_cache, "k cache")?,
+        ex.upload(v_cache, "v cache")?,
+    );
+    let step = step(ex, 0, seq as i32 - 1)?;
+    let mut out = ex.zeros(q.len(), "out")?;
+    launch::Attention::new(ex, shape, seq)?.launch(ex.stream(), &qd, &kd, &vd, &step, &mut out)?;
+    ex.download(&out)
+}
+
+pub fn argmax(ex: &Executor, x: &[f32]) -> Result<u32> {
+    ensure(!x.is_empty(), || "argmax of an empty array".into())?;
+    let xd = ex.upload(x, "x")?;
+    let mut out = ex.zeros(1, "out")?;
+    launch::Argmax::new(ex, x.len())?.launch(ex.stream(), &xd, &mut out)?;
+    Ok(ex.download(&out)?[0] as u32)
+}

@@ -1,0 +1,531 @@
+//! The PyO3 skin: argument conversion, GIL release around GPU work, and errors mapped onto the
+//! exception classes of `qwen3_rs.errors`.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use numpy::prelude::*;
+use numpy::{Element, PyArray1, PyArray2, PyReadonlyArray1};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::config::Qwen3Config;
+use crate::cuda::executor::{self, Executor};
+use crate::cuda::kernel::Epilogue;
+use crate::cuda::launch::HeadShape;
+use crate::engine::{Engine, EngineOptions};
+use crate::error::Error;
+use crate::ops;
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let class = match &e {
+        Error::NotFound { .. } => "ModelNotFoundError",
+        Error::Format { .. } => "ModelFormatError",
+        Error::Io { .. } => "ModelIOError",
+        Error::InvalidArgument(_) => "InvalidArgumentError",
+        Error::OutOfMemory(_) => "OutOfMemoryError",
+        Error::CudaUnavailable(_) => "CudaUnavailableError",
+        Error::Driver(_) => "CudaError",
+        Error::Compile { .. } => "KernelCompileError",
+        Error::Internal(_) => "InternalError",
+    };
+    let msg = e.to_string();
+    match py.import("qwen3_rs.errors").and_then(|m| m.getattr(class)) {
+        Ok(cls) => match cls.call1((msg.clone(),)) {
+            Ok(obj) => PyErr::from_value(obj),
+            Err(_) => PyRuntimeError::new_err(msg),
+        },
+        Err(_) => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Runs `f` without the GIL; a Rust panic becomes an `InternalError` instead of aborting.
+fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
+    let r = py.detach(|| {
+        std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(what))
+        })
+    });
+    r.map_err(|e| to_py(py, e))
+}
+
+/// A 1-D array of token ids from a list of ints or a numpy integer array.
+fn token_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+    let np = ids.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (ids,))?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    let size: usize = arr.getattr("size")?.extract()?;
+    if ndim != 1 || !(kind == "i" || kind == "u" || size == 0) {
+        return Err(PyTypeError::new_err(format!(
+            "ids must be a list of ints or a 1-D integer array, got a {ndim}-D array of dtype kind {kind:?}"
+        )));
+    }
+    let arr = arr.call_method1("astype", ("int64",))?;
+    let arr: PyReadonlyArray1<i64> = arr.extract()?;
+    Ok(arr.as_slice()?.to_vec())
+}
+
+fn non_negative(name: &str, v: i64) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!("{name} must be >= 0, got {v}"))
+    })
+}
+
+/// A Qwen3 AWQ model loaded on a GPU.
+#[pyclass(name = "Qwen3Engine", module = "qwen3_rs")]
+struct PyEngine {
+    inner: Arc<Mutex<Engine>>,
+    config: Py<PyAny>,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (model_path, device = 0, max_seq_len = None))]
+    fn new(
+        py: Python<'_>,
+        model_path: PathBuf,
+        device: i64,
+        max_seq_len: Option<i64>,
+    ) -> PyResult<Self> {
+        let opts = EngineOptions {
+            device: non_negative("device", device)?,
+            max_seq_len: max_seq_len
+                .map(|n| non_negative("max_seq_len", n))
+                .transpose()?,
+        };
+        let engine = detached(py, || Engine::load(&model_path, &opts))?;
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("qwen3_rs",))?;
+        for w in &engine.warnings {
+            logger.call_method1("warning", (format!("{}: {w}", model_path.display()),))?;
+        }
+        let config = json_to_py(py, &engine.config().raw)?;
+        Ok(PyEngine {
+            inner: Arc::new(Mutex::new(engine)),
+            config,
+        })
+    }
+
+    /// Greedy continuation of `ids`; returns the new token ids only.
+    #[pyo3(signature = (ids, max_new_tokens = 20, ignore_eos = false))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        max_new_tokens: i64,
+        ignore_eos: bool,
+    ) -> PyResult<Vec<u32>> {
+        let ids = token_ids(ids)?;
+        let n = non_negative("max_new_tokens", max_new_tokens)?;
+        let inner = self.inner.clone();
+        detached(py, move || lock(&inner)?.generate(&ids, n, ignore_eos))
+    }
+
+    /// Logits at every position of `ids`: float32 array [len(ids), vocab_size].
+    fn logits<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let ids = token_ids(ids)?;
+        let inner = self.inner.clone();
+        let rows = ids.len();
+        let flat = detached(py, move || lock(&inner)?.logits(&ids))?;
+        let cols = flat.len() / rows.max(1);
+        PyArray1::from_vec(py, flat).reshape([rows, cols])
+    }
+
+    /// The model's config.json as a dict.
+    #[getter]
+    fn config(&self, py: Python<'_>) -> Py<PyAny> {
+        self.config.clone_ref(py)
+    }
+
+    /// Positions the KV cache holds.
+    #[getter]
+    fn max_seq_len(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = self.inner.clone();
+        detached(py, move || Ok(lock(&inner)?.max_seq_len()))
+    }
+}
+
+fn lock(m: &Mutex<Engine>) -> crate::Result<std::sync::MutexGuard<'_, Engine>> {
+    m.lock()
+        .map_err(|_| Error::Internal("a previous call panicked while holding the engine".into()))
+}
+
+fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
+    Ok(py
+        .import("json")?
+        .call_method1("loads", (v.to_string(),))?
+        .unbind())
+}
+
+/// Number of visible CUDA devices (0 without a driver or GPU).
+#[pyfunction]
+fn cuda_device_count() -> usize {
+    executor::device_count()
+}
+
+/// Compiles every kernel the model in `model_dir` uses for `arch` (e.g. "sm_90") without a GPU.
+/// Returns (kernel key, served from the disk cache) pairs.
+#[pyfunction]
+#[pyo3(signature = (model_dir, arch, cache_dir = None))]
+fn compile_kernels(
+    py: Python<'_>,
+    model_dir: PathBuf,
+    arch: String,
+    cache_dir: Option<PathBuf>,
+) -> PyResult<Vec<(String, bool)>> {
+    detached(py, move || {
+        let config = Qwen3Config::from_dir(&model_dir)?;
+        let cache = cache_dir.or_else(crate::cuda::compile::default_cache_dir);
+        crate::model::qwen3::kernel_types(&config)
+            .into_iter()
+            .map(|k| {
+                let c = crate::cuda::compile::compile(&k, &arch, cache.as_deref())?;
+                Ok((k.to_string(), c.from_disk_cache))
+            })
+            .collect()
+    })
+}
+
+/// The NVRTC version in use, as (major, minor).
+#[pyfunction]
+fn nvrtc_version(py: Python<'_>) -> PyResult<(i32, i32)> {
+    detached(py, crate::cuda::compile::nvrtc_version)
+}
+
+// ---- single-kernel runs for tests (module `qwen3_rs._qwen3_rs.ops`) ----
+
+fn executor_for(device: usize) -> crate::Result<Arc<Executor>> {
+    static EXECUTORS: Mutex<Option<HashMap<usize, Arc<Executor>>>> = Mutex::new(None);
+    let mut map = EXECUTORS
+        .lock()
+        .map_err(|_| Error::Internal("executor cache poisoned".into()))?;
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(ex) = map.get(&device) {
+        return Ok(ex.clone());
+    }
+    let ex = Arc::new(Executor::new(device)?);
+    map.insert(device, ex.clone());
+    Ok(ex)
+}
+
+/// A flat copy of a numpy array cast to `dtype`, optionally reinterpreted as `view`.
+fn flat<T: Element + Copy>(
+    obj: &Bound<'_, PyAny>,
+    dtype: &str,
+    view: Option<&str>,
+) -> PyResult<Vec<T>> {
+    let np = obj.py().import("numpy")?;
+    let mut a = np.call_method1("ascontiguousarray", (obj, dtype))?;
+    if let Some(v) = view {
+        a = a.call_method1("view", (v,))?;
+    }
+    let a: PyReadonlyArray1<T> = a.call_method0("ravel")?.extract()?;
+    Ok(a.as_slice()?.to_vec())
+}
+
+fn f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
+    flat(obj, "float32", None)
+}
+
+fn f16s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u16>> {
+    flat(obj, "float16", Some("uint16"))
+}
+
+fn i32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    flat(obj, "int32", Some("uint32"))
+}
+
+fn shape(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    obj.getattr("shape")?.extract()
+}
+
+fn out<'py>(py: Python<'py>, v: Vec<f32>) -> Bound<'py, PyArray1<f32>> {
+    PyArray1::from_vec(py, v)
+}
+
+#[pyfunction]
+#[pyo3(signature = (table, token, device = 0))]
+fn embedding<'py>(
+    py: Python<'py>,
+    table: &Bound<'py, PyAny>,
+    token: i32,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let s = shape(table)?;
+    let (v, h, t) = (s[0], s.get(1).copied().unwrap_or(0), f16s(table)?);
+    Ok(out(
+        py,
+        detached(py, move || {
+            ops::embedding(&*executor_for(device)?, &t, v, h, token)
+        })?,
+    ))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, weight, eps, device = 0))]
+fn rms_norm<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    eps: f32,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, w) = (f32s(x)?, f16s(weight)?);
+    Ok(out(
+        py,
+        detached(py, move || {
+            ops::rms_norm(&*executor_for(device)?, &x, &w, eps)
+        })?,
+    ))
+}
+
+struct AwqArrays {
+    qweight: Vec<u32>,
+    qzeros: Vec<u32>,
+    scales: Vec<u16>,
+    n: usize,
+}
+
+impl AwqArrays {
+    fn new(
+        qweight: &Bound<'_, PyAny>,
+        qzeros: &Bound<'_, PyAny>,
+        scales: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let n = shape(scales)?.get(1).copied().unwrap_or(0);
+        Ok(AwqArrays {
+            qweight: i32s(qweight)?,
+            qzeros: i32s(qzeros)?,
+            scales: f16s(scales)?,
+            n,
+        })
+    }
+
+    fn from_tuple(t: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        Self::new(&t.get_item(0)?, &t.get_item(1)?, &t.get_item(2)?)
+    }
+
+    fn host(&self) -> ops::AwqHost<'_> {
+        ops::AwqHost {
+            qweight: &self.qweight,
+            qzeros: &self.qzeros,
+            scales: &self.scales,
+        }
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, qweight, qzeros, scales, group_size, device = 0))]
+fn awq_gemv<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    qweight: &Bound<'py, PyAny>,
+    qzeros: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    group_size: usize,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, w) = (f32s(x)?, AwqArrays::new(qweight, qzeros, scales)?);
+    let y = detached(py, move || {
+        ops::awq_gemv(
+            &*executor_for(device)?,
+            &x,
+            &[w.host()],
+            w.n,
+            group_size,
+            Epilogue::Store,
+            None,
+        )
+    })?;
+    Ok(out(py, y))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, qweight, qzeros, scales, group_size, residual, device = 0))]
+#[allow(clippy::too_many_arguments)]
+fn awq_gemv_residual<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    qweight: &Bound<'py, PyAny>,
+    qzeros: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    group_size: usize,
+    residual: &Bound<'py, PyAny>,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, w, r) = (
+        f32s(x)?,
+        AwqArrays::new(qweight, qzeros, scales)?,
+        f32s(residual)?,
+    );
+    let y = detached(py, move || {
+        ops::awq_gemv(
+            &*executor_for(device)?,
+            &x,
+            &[w.host()],
+            w.n,
+            group_size,
+            Epilogue::AddTo,
+            Some(&r),
+        )
+    })?;
+    Ok(out(py, y))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, gate, up, group_size, device = 0))]
+fn awq_gate_up<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gate: &Bound<'py, PyTuple>,
+    up: &Bound<'py, PyTuple>,
+    group_size: usize,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, g, u) = (
+        f32s(x)?,
+        AwqArrays::from_tuple(gate)?,
+        AwqArrays::from_tuple(up)?,
+    );
+    let y = detached(py, move || {
+        ops::awq_gemv(
+            &*executor_for(device)?,
+            &x,
+            &[g.host(), u.host()],
+            g.n,
+            group_size,
+            Epilogue::SiluMul,
+            None,
+        )
+    })?;
+    Ok(out(py, y))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, weight, device = 0))]
+fn half_gemv<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, w) = (f32s(x)?, f16s(weight)?);
+    Ok(out(
+        py,
+        detached(py, move || ops::half_gemv(&*executor_for(device)?, &x, &w))?,
+    ))
+}
+
+#[pyfunction]
+#[pyo3(signature = (qkv, q_norm, k_norm, n_heads, n_kv_heads, head_dim, pos, rope_theta, eps, device = 0))]
+#[allow(clippy::too_many_arguments)]
+fn qk_norm_rope<'py>(
+    py: Python<'py>,
+    qkv: &Bound<'py, PyAny>,
+    q_norm: &Bound<'py, PyAny>,
+    k_norm: &Bound<'py, PyAny>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    pos: usize,
+    rope_theta: f32,
+    eps: f32,
+    device: usize,
+) -> PyResult<(
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<f32>>,
+)> {
+    let (qkv, qn, kn) = (f32s(qkv)?, f16s(q_norm)?, f16s(k_norm)?);
+    let sh = HeadShape {
+        head_dim,
+        n_heads,
+        n_kv_heads,
+    };
+    let (q, k, v) = detached(py, move || {
+        ops::qk_norm_rope(
+            &*executor_for(device)?,
+            &qkv,
+            &qn,
+            &kn,
+            sh,
+            pos,
+            rope_theta,
+            eps,
+        )
+    })?;
+    Ok((out(py, q), out(py, k), out(py, v)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, n_heads, device = 0))]
+fn attention<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    n_heads: usize,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let s = shape(k_cache)?;
+    if s.len() != 3 {
+        return Err(PyTypeError::new_err(
+            "k_cache must be [n_kv_heads, seq, head_dim]",
+        ));
+    }
+    let sh = HeadShape {
+        head_dim: s[2],
+        n_heads,
+        n_kv_heads: s[0],
+    };
+    let (q, k, v) = (f32s(q)?, f16s(k_cache)?, f16s(v_cache)?);
+    Ok(out(
+        py,
+        detached(py, move || {
+            ops::attention(&*executor_for(device)?, &q, &k, &v, sh)
+        })?,
+    ))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, device = 0))]
+fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, device: usize) -> PyResult<u32> {
+    let x = f32s(x)?;
+    detached(py, move || ops::argmax(&*executor_for(device)?, &x))
+}
+
+#[pymodule]
+fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    m.add_function(wrap_pyfunction!(compile_kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
+    let o = PyModule::new(m.py(), "ops")?;
+    o.add_function(wrap_pyfunction!(embedding, &o)?)?;
+    o.add_function(wrap_pyfunction!(rms_norm, &o)?)?;
+    o.add_function(wrap_pyfunction!(awq_gemv, &o)?)?;
+    o.add_function(wrap_pyfunction!(awq_gemv_residual, &o)?)?;
+    o.add_function(wrap_pyfunction!(awq_gate_up, &o)?)?;
+    o.add_function(wrap_pyfunction!(half_gemv, &o)?)?;
+    o.add_function(wrap_pyfunction!(qk_norm_rope, &o)?)?;
+    o.add_function(wrap_pyfunction!(attention, &o)?)?;
+    o.add_function(wrap_pyfunction!(argmax, &o)?)?;
+    m.add_submodule(&o)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
