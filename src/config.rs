@@ -51,9 +51,7 @@ impl Qwen3Config {
 
     /// Parses and validates a config.json document; `path` names it in errors.
     pub fn from_json(path: &Path, raw: Value) -> Result<Self> {
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| Error::format(path, "config.json is not a JSON object"))?;
+        let obj = raw.as_object().ok_or_else(|| Error::format(path, "config.json is not a JSON object"))?;
         let f = Fields { path, obj };
         if let Some(mt) = obj.get("model_type").and_then(Value::as_str) {
             if mt != "qwen3" {
@@ -110,19 +108,13 @@ impl Qwen3Config {
             ));
         }
         if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            return bad(format!(
-                "head_dim {} is not supported (even, at most 256)",
-                self.head_dim
-            ));
+            return bad(format!("head_dim {} is not supported (even, at most 256)", self.head_dim));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!(
-                "rms_norm_eps {} must be positive",
-                self.rms_norm_eps
-            ));
+            return bad(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
         }
         if let Some(act) = self.raw.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
@@ -144,9 +136,7 @@ impl Qwen3Config {
             ("num_attention_heads * head_dim", self.q_dim()),
         ] {
             if k % g != 0 {
-                return bad(format!(
-                    "quantization_config.group_size {g} does not divide {name} ({k})"
-                ));
+                return bad(format!("quantization_config.group_size {g} does not divide {name} ({k})"));
             }
         }
         // Output dimensions are packed 8 per int32.
@@ -166,10 +156,7 @@ impl Qwen3Config {
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound {
-                path: path.into(),
-                what: "file not found".into(),
-            }
+            Error::NotFound { path: path.into(), what: "file not found".into() }
         } else {
             Error::io(path, e)
         }
@@ -192,10 +179,7 @@ fn token_ids(path: &Path, field: &str, v: &Value) -> Result<Vec<u32>> {
 
 fn awq_config(path: &Path, q: Option<&Value>) -> Result<AwqConfig> {
     let q = q.and_then(Value::as_object).ok_or_else(|| {
-        Error::format(
-            path,
-            "quantization_config is missing: this engine runs AWQ 4-bit checkpoints",
-        )
+        Error::format(path, "quantization_config is missing: this engine runs AWQ 4-bit checkpoints")
     })?;
     let f = Fields { path, obj: q };
     let field = |name: &str| format!("quantization_config.{name}");
@@ -203,46 +187,31 @@ fn awq_config(path: &Path, q: Option<&Value>) -> Result<AwqConfig> {
     if method != "awq" {
         return Err(Error::format(
             path,
-            format!(
-                "{} is {method:?}; only \"awq\" is supported",
-                field("quant_method")
-            ),
+            format!("{} is {method:?}; only \"awq\" is supported", field("quant_method")),
         ));
     }
     let bits = f.usize("bits").or_else(|_| f.usize("w_bit"))?;
     if bits != 4 {
-        return Err(Error::format(
-            path,
-            format!("{} is {bits}; only 4-bit AWQ is supported", field("bits")),
-        ));
+        return Err(Error::format(path, format!("{} is {bits}; only 4-bit AWQ is supported", field("bits"))));
     }
     let group_size = f.usize("group_size").or_else(|_| f.usize("q_group_size"))?;
     if group_size == 0 || group_size % 32 != 0 {
         return Err(Error::format(
             path,
-            format!(
-                "{} is {group_size}; a positive multiple of 32 is required",
-                field("group_size")
-            ),
+            format!("{} is {group_size}; a positive multiple of 32 is required", field("group_size")),
         ));
     }
     if q.get("zero_point").and_then(Value::as_bool) == Some(false) {
         return Err(Error::format(
             path,
-            format!(
-                "{} is false; AWQ with zero points is required",
-                field("zero_point")
-            ),
+            format!("{} is false; AWQ with zero points is required", field("zero_point")),
         ));
     }
     let version = q.get("version").and_then(Value::as_str).unwrap_or("gemm");
     if !version.eq_ignore_ascii_case("gemm") {
         return Err(Error::format(
             path,
-            format!(
-                "{} is {version:?}; only GEMM packing is supported",
-                field("version")
-            ),
+            format!("{} is {version:?}; only GEMM packing is supported", field("version")),
         ));
     }
     match q.get("modules_to_not_convert") {
@@ -251,10 +220,7 @@ fn awq_config(path: &Path, q: Option<&Value>) -> Result<AwqConfig> {
         Some(v) => {
             return Err(Error::format(
                 path,
-                format!(
-                    "{} is {v}; unquantized layers are not supported",
-                    field("modules_to_not_convert")
-                ),
+                format!("{} is {v}; unquantized layers are not supported", field("modules_to_not_convert")),
             ))
         }
     }
@@ -270,40 +236,30 @@ struct Fields<'a> {
 impl Fields<'_> {
     fn usize(&self, name: &str) -> Result<usize> {
         match self.obj.get(name) {
-            None | Some(Value::Null) => {
-                Err(Error::format(self.path, format!("missing field {name}")))
+            None | Some(Value::Null) => Err(Error::format(self.path, format!("missing field {name}"))),
+            Some(v) => {
+                v.as_u64().filter(|&n| n > 0 && n <= u32::MAX as u64).map(|n| n as usize).ok_or_else(|| {
+                    Error::format(self.path, format!("{name} is {v}; a positive integer is required"))
+                })
             }
-            Some(v) => v
-                .as_u64()
-                .filter(|&n| n > 0 && n <= u32::MAX as u64)
-                .map(|n| n as usize)
-                .ok_or_else(|| {
-                    Error::format(
-                        self.path,
-                        format!("{name} is {v}; a positive integer is required"),
-                    )
-                }),
         }
     }
 
     fn f64_or(&self, name: &str, default: f64) -> Result<f64> {
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| {
-                Error::format(self.path, format!("{name} is {v}; a number is required"))
-            }),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::format(self.path, format!("{name} is {v}; a number is required"))),
         }
     }
 
     fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| {
-                Error::format(
-                    self.path,
-                    format!("{name} is {v}; true or false is required"),
-                )
-            }),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| Error::format(self.path, format!("{name} is {v}; true or false is required"))),
         }
     }
 }

@@ -16,10 +16,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            device: 0,
-            max_seq_len: None,
-        }
+        EngineOptions { device: 0, max_seq_len: None }
     }
 }
 
@@ -72,9 +69,7 @@ impl Engine {
     }
 
     fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
-        ensure(!ids.is_empty(), || {
-            "the prompt is empty: give at least one token id".into()
-        })?;
+        ensure(!ids.is_empty(), || "the prompt is empty: give at least one token id".into())?;
         let vocab = self.model.config.vocab_size;
         ids.iter()
             .enumerate()
@@ -89,12 +84,7 @@ impl Engine {
 
     /// Greedy generation from a fresh sequence. Returns the new tokens only; stops after an eos
     /// token (which is included) unless `ignore_eos`.
-    pub fn generate(
-        &mut self,
-        ids: &[i64],
-        max_new_tokens: usize,
-        ignore_eos: bool,
-    ) -> Result<Vec<u32>> {
+    pub fn generate(&mut self, ids: &[i64], max_new_tokens: usize, ignore_eos: bool) -> Result<Vec<u32>> {
         let ids = self.check_ids(ids)?;
         let max_seq = self.max_seq_len();
         ensure(ids.len() + max_new_tokens <= max_seq, || {
@@ -126,9 +116,7 @@ impl Engine {
     pub fn logits(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
         let ids = self.check_ids(ids)?;
         let max_seq = self.max_seq_len();
-        ensure(ids.len() <= max_seq, || {
-            format!("{} tokens exceed max_seq_len ({max_seq})", ids.len())
-        })?;
+        ensure(ids.len() <= max_seq, || format!("{} tokens exceed max_seq_len ({max_seq})", ids.len()))?;
         let mut out = Vec::with_capacity(ids.len() * self.model.config.vocab_size);
         for (pos, &t) in ids.iter().enumerate() {
             self.model.step(t, pos, true)?;

@@ -32,17 +32,10 @@ pub enum Error {
 
     /// NVRTC rejected a kernel; carries the kernel key and the compiler log.
     #[error("NVRTC failed to compile kernel {kernel} for {arch}: {log}")]
-    Compile {
-        kernel: String,
-        arch: String,
-        log: String,
-    },
+    Compile { kernel: String, arch: String, log: String },
 
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// A broken internal invariant; never expected, reported instead of panicking.
     #[error("internal error: {0}")]
@@ -51,17 +44,11 @@ pub enum Error {
 
 impl Error {
     pub fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.into(),
-            what: what.into(),
-        }
+        Error::Format { path: path.into(), what: what.into() }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

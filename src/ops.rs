@@ -18,13 +18,7 @@ fn step(ex: &Executor, token: i32, pos: i32) -> Result<cudarc::driver::CudaSlice
     ex.upload(&[token, pos][..STEP_LEN], "step")
 }
 
-pub fn embedding(
-    ex: &Executor,
-    table: &[u16],
-    vocab: usize,
-    hidden: usize,
-    token: i32,
-) -> Result<Vec<f32>> {
+pub fn embedding(ex: &Executor, table: &[u16], vocab: usize, hidden: usize, token: i32) -> Result<Vec<f32>> {
     ensure(table.len() == vocab * hidden, || {
         format!("table has {} values, not {vocab} x {hidden}", table.len())
     })?;
@@ -35,9 +29,7 @@ pub fn embedding(
 }
 
 pub fn rms_norm(ex: &Executor, x: &[f32], weight: &[u16], eps: f32) -> Result<Vec<f32>> {
-    ensure(x.len() == weight.len(), || {
-        format!("x has {} values, weight {}", x.len(), weight.len())
-    })?;
+    ensure(x.len() == weight.len(), || format!("x has {} values, weight {}", x.len(), weight.len()))?;
     let (xd, wd) = (ex.upload(x, "x")?, ex.upload(weight, "weight")?);
     let mut out = ex.zeros(x.len(), "out")?;
     launch::RmsNorm::new(ex, x.len())?.launch(ex.stream(), &xd, &wd, &mut out, eps)?;
@@ -57,15 +49,11 @@ pub fn awq_gemv(
     let k = x.len();
     let parts = if epilogue == Epilogue::SiluMul { 2 } else { 1 };
     ensure(linears.len() == parts, || {
-        format!(
-            "{epilogue:?} takes {parts} linear(s), got {}",
-            linears.len()
-        )
+        format!("{epilogue:?} takes {parts} linear(s), got {}", linears.len())
     })?;
-    ensure(
-        group >= 32 && group % 32 == 0 && k % group == 0 && n % 8 == 0,
-        || format!("unsupported shape k {k}, n {n}, group {group}"),
-    )?;
+    ensure(group >= 32 && group % 32 == 0 && k % group == 0 && n % 8 == 0, || {
+        format!("unsupported shape k {k}, n {n}, group {group}")
+    })?;
     for l in linears {
         ensure(
             l.qweight.len() == k * n / 8
@@ -81,9 +69,7 @@ pub fn awq_gemv(
     let xd = ex.upload(x, "x")?;
     let mut y = match residual {
         Some(r) => {
-            ensure(r.len() == n, || {
-                format!("residual has {} values, not {n}", r.len())
-            })?;
+            ensure(r.len() == n, || format!("residual has {} values, not {n}", r.len()))?;
             ex.upload(r, "residual")?
         }
         None => ex.zeros(n, "y")?,
@@ -96,10 +82,7 @@ pub fn awq_gemv(
 pub fn half_gemv(ex: &Executor, x: &[f32], w: &[u16]) -> Result<Vec<f32>> {
     let k = x.len();
     ensure(k > 0 && k % 8 == 0 && w.len() % k == 0, || {
-        format!(
-            "weight of {} values does not fit k {k} (k % 8 == 0)",
-            w.len()
-        )
+        format!("weight of {} values does not fit k {k} (k % 8 == 0)", w.len())
     })?;
     let n = w.len() / k;
     let (xd, wd) = (ex.upload(x, "x")?, ex.upload(w, "weight")?);
@@ -132,16 +115,12 @@ pub fn qk_norm_rope(
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     check_heads(shape)?;
     let (hd, nh, nkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
-    ensure(
-        qkv.len() == (nh + 2 * nkv) * hd && q_norm.len() == hd && k_norm.len() == hd,
-        || "qkv or norm weights do not match the head shape".into(),
-    )?;
+    ensure(qkv.len() == (nh + 2 * nkv) * hd && q_norm.len() == hd && k_norm.len() == hd, || {
+        "qkv or norm weights do not match the head shape".into()
+    })?;
     let max_seq = pos + 1;
-    let (qkv_d, qn, kn) = (
-        ex.upload(qkv, "qkv")?,
-        ex.upload(q_norm, "q_norm")?,
-        ex.upload(k_norm, "k_norm")?,
-    );
+    let (qkv_d, qn, kn) =
+        (ex.upload(qkv, "qkv")?, ex.upload(q_norm, "q_norm")?, ex.upload(k_norm, "k_norm")?);
     let step = step(ex, 0, pos as i32)?;
     let mut q = ex.zeros(nh * hd, "q")?;
     let mut kc = ex.zeros(shape.cache_len(max_seq), "k cache")?;
@@ -165,11 +144,7 @@ pub fn qk_norm_rope(
             .map(|b| half::f16::from_bits(b).to_f32())
             .collect()
     };
-    Ok((
-        ex.download(&q)?,
-        row(ex.download(&kc)?),
-        row(ex.download(&vc)?),
-    ))
+    Ok((ex.download(&q)?, row(ex.download(&kc)?), row(ex.download(&vc)?)))
 }
 
 /// One query (the last position) over caches [n_kv_heads][seq][head_dim] fp16.
@@ -182,19 +157,12 @@ pub fn attention(
 ) -> Result<Vec<f32>> {
     check_heads(shape)?;
     let per_pos = shape.n_kv_heads * shape.head_dim;
-    ensure(q.len() == shape.n_heads * shape.head_dim, || {
-        "q does not match the head shape".into()
+    ensure(q.len() == shape.n_heads * shape.head_dim, || "q does not match the head shape".into())?;
+    ensure(!k_cache.is_empty() && k_cache.len() % per_pos == 0 && v_cache.len() == k_cache.len(), || {
+        "caches do not match the head shape".into()
     })?;
-    ensure(
-        !k_cache.is_empty() && k_cache.len() % per_pos == 0 && v_cache.len() == k_cache.len(),
-        || "caches do not match the head shape".into(),
-    )?;
     let seq = k_cache.len() / per_pos;
-    let (qd, kd, vd) = (
-        ex.upload(q, "q")?,
-        ex.upload(k_cache, "k cache")?,
-        ex.upload(v_cache, "v cache")?,
-    );
+    let (qd, kd, vd) = (ex.upload(q, "q")?, ex.upload(k_cache, "k cache")?, ex.upload(v_cache, "v cache")?);
     let step = step(ex, 0, seq as i32 - 1)?;
     let mut out = ex.zeros(q.len(), "out")?;
     launch::Attention::new(ex, shape, seq)?.launch(ex.stream(), &qd, &kd, &vd, &step, &mut out)?;

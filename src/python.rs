@@ -75,9 +75,8 @@ fn token_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
 }
 
 fn non_negative(name: &str, v: i64) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err(format!("{name} must be >= 0, got {v}"))
-    })
+    usize::try_from(v)
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
 }
 
 /// A Qwen3 AWQ model loaded on a GPU.
@@ -91,30 +90,18 @@ struct PyEngine {
 impl PyEngine {
     #[new]
     #[pyo3(signature = (model_path, device = 0, max_seq_len = None))]
-    fn new(
-        py: Python<'_>,
-        model_path: PathBuf,
-        device: i64,
-        max_seq_len: Option<i64>,
-    ) -> PyResult<Self> {
+    fn new(py: Python<'_>, model_path: PathBuf, device: i64, max_seq_len: Option<i64>) -> PyResult<Self> {
         let opts = EngineOptions {
             device: non_negative("device", device)?,
-            max_seq_len: max_seq_len
-                .map(|n| non_negative("max_seq_len", n))
-                .transpose()?,
+            max_seq_len: max_seq_len.map(|n| non_negative("max_seq_len", n)).transpose()?,
         };
         let engine = detached(py, || Engine::load(&model_path, &opts))?;
-        let logger = py
-            .import("logging")?
-            .call_method1("getLogger", ("qwen3_rs",))?;
+        let logger = py.import("logging")?.call_method1("getLogger", ("qwen3_rs",))?;
         for w in &engine.warnings {
             logger.call_method1("warning", (format!("{}: {w}", model_path.display()),))?;
         }
         let config = json_to_py(py, &engine.config().raw)?;
-        Ok(PyEngine {
-            inner: Arc::new(Mutex::new(engine)),
-            config,
-        })
+        Ok(PyEngine { inner: Arc::new(Mutex::new(engine)), config })
     }
 
     /// Greedy continuation of `ids`; returns the new token ids only.
@@ -133,11 +120,7 @@ impl PyEngine {
     }
 
     /// Logits at every position of `ids`: float32 array [len(ids), vocab_size].
-    fn logits<'py>(
-        &self,
-        py: Python<'py>,
-        ids: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    fn logits<'py>(&self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = token_ids(ids)?;
         let inner = self.inner.clone();
         let rows = ids.len();
@@ -161,15 +144,11 @@ impl PyEngine {
 }
 
 fn lock(m: &Mutex<Engine>) -> crate::Result<std::sync::MutexGuard<'_, Engine>> {
-    m.lock()
-        .map_err(|_| Error::Internal("a previous call panicked while holding the engine".into()))
+    m.lock().map_err(|_| Error::Internal("a previous call panicked while holding the engine".into()))
 }
 
 fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
-    Ok(py
-        .import("json")?
-        .call_method1("loads", (v.to_string(),))?
-        .unbind())
+    Ok(py.import("json")?.call_method1("loads", (v.to_string(),))?.unbind())
 }
 
 /// Number of visible CUDA devices (0 without a driver or GPU).
@@ -211,9 +190,7 @@ fn nvrtc_version(py: Python<'_>) -> PyResult<(i32, i32)> {
 
 fn executor_for(device: usize) -> crate::Result<Arc<Executor>> {
     static EXECUTORS: Mutex<Option<HashMap<usize, Arc<Executor>>>> = Mutex::new(None);
-    let mut map = EXECUTORS
-        .lock()
-        .map_err(|_| Error::Internal("executor cache poisoned".into()))?;
+    let mut map = EXECUTORS.lock().map_err(|_| Error::Internal("executor cache poisoned".into()))?;
     let map = map.get_or_insert_with(HashMap::new);
     if let Some(ex) = map.get(&device) {
         return Ok(ex.clone());
@@ -224,11 +201,7 @@ fn executor_for(device: usize) -> crate::Result<Arc<Executor>> {
 }
 
 /// A flat copy of a numpy array cast to `dtype`, optionally reinterpreted as `view`.
-fn flat<T: Element + Copy>(
-    obj: &Bound<'_, PyAny>,
-    dtype: &str,
-    view: Option<&str>,
-) -> PyResult<Vec<T>> {
+fn flat<T: Element + Copy>(obj: &Bound<'_, PyAny>, dtype: &str, view: Option<&str>) -> PyResult<Vec<T>> {
     let np = obj.py().import("numpy")?;
     let mut a = np.call_method1("ascontiguousarray", (obj, dtype))?;
     if let Some(v) = view {
@@ -268,12 +241,7 @@ fn embedding<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let s = shape(table)?;
     let (v, h, t) = (s[0], s.get(1).copied().unwrap_or(0), f16s(table)?);
-    Ok(out(
-        py,
-        detached(py, move || {
-            ops::embedding(&*executor_for(device)?, &t, v, h, token)
-        })?,
-    ))
+    Ok(out(py, detached(py, move || ops::embedding(&*executor_for(device)?, &t, v, h, token))?))
 }
 
 #[pyfunction]
@@ -286,12 +254,7 @@ fn rms_norm<'py>(
     device: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, w) = (f32s(x)?, f16s(weight)?);
-    Ok(out(
-        py,
-        detached(py, move || {
-            ops::rms_norm(&*executor_for(device)?, &x, &w, eps)
-        })?,
-    ))
+    Ok(out(py, detached(py, move || ops::rms_norm(&*executor_for(device)?, &x, &w, eps))?))
 }
 
 struct AwqArrays {
@@ -308,12 +271,7 @@ impl AwqArrays {
         scales: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         let n = shape(scales)?.get(1).copied().unwrap_or(0);
-        Ok(AwqArrays {
-            qweight: i32s(qweight)?,
-            qzeros: i32s(qzeros)?,
-            scales: f16s(scales)?,
-            n,
-        })
+        Ok(AwqArrays { qweight: i32s(qweight)?, qzeros: i32s(qzeros)?, scales: f16s(scales)?, n })
     }
 
     fn from_tuple(t: &Bound<'_, PyTuple>) -> PyResult<Self> {
@@ -321,11 +279,7 @@ impl AwqArrays {
     }
 
     fn host(&self) -> ops::AwqHost<'_> {
-        ops::AwqHost {
-            qweight: &self.qweight,
-            qzeros: &self.qzeros,
-            scales: &self.scales,
-        }
+        ops::AwqHost { qweight: &self.qweight, qzeros: &self.qzeros, scales: &self.scales }
     }
 }
 
@@ -342,15 +296,7 @@ fn awq_gemv<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, w) = (f32s(x)?, AwqArrays::new(qweight, qzeros, scales)?);
     let y = detached(py, move || {
-        ops::awq_gemv(
-            &*executor_for(device)?,
-            &x,
-            &[w.host()],
-            w.n,
-            group_size,
-            Epilogue::Store,
-            None,
-        )
+        ops::awq_gemv(&*executor_for(device)?, &x, &[w.host()], w.n, group_size, Epilogue::Store, None)
     })?;
     Ok(out(py, y))
 }
@@ -368,21 +314,9 @@ fn awq_gemv_residual<'py>(
     residual: &Bound<'py, PyAny>,
     device: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (x, w, r) = (
-        f32s(x)?,
-        AwqArrays::new(qweight, qzeros, scales)?,
-        f32s(residual)?,
-    );
+    let (x, w, r) = (f32s(x)?, AwqArrays::new(qweight, qzeros, scales)?, f32s(residual)?);
     let y = detached(py, move || {
-        ops::awq_gemv(
-            &*executor_for(device)?,
-            &x,
-            &[w.host()],
-            w.n,
-            group_size,
-            Epilogue::AddTo,
-            Some(&r),
-        )
+        ops::awq_gemv(&*executor_for(device)?, &x, &[w.host()], w.n, group_size, Epilogue::AddTo, Some(&r))
     })?;
     Ok(out(py, y))
 }
@@ -397,11 +331,7 @@ fn awq_gate_up<'py>(
     group_size: usize,
     device: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (x, g, u) = (
-        f32s(x)?,
-        AwqArrays::from_tuple(gate)?,
-        AwqArrays::from_tuple(up)?,
-    );
+    let (x, g, u) = (f32s(x)?, AwqArrays::from_tuple(gate)?, AwqArrays::from_tuple(up)?);
     let y = detached(py, move || {
         ops::awq_gemv(
             &*executor_for(device)?,
@@ -425,10 +355,7 @@ fn half_gemv<'py>(
     device: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, w) = (f32s(x)?, f16s(weight)?);
-    Ok(out(
-        py,
-        detached(py, move || ops::half_gemv(&*executor_for(device)?, &x, &w))?,
-    ))
+    Ok(out(py, detached(py, move || ops::half_gemv(&*executor_for(device)?, &x, &w))?))
 }
 
 #[pyfunction]
@@ -446,28 +373,11 @@ fn qk_norm_rope<'py>(
     rope_theta: f32,
     eps: f32,
     device: usize,
-) -> PyResult<(
-    Bound<'py, PyArray1<f32>>,
-    Bound<'py, PyArray1<f32>>,
-    Bound<'py, PyArray1<f32>>,
-)> {
+) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>)> {
     let (qkv, qn, kn) = (f32s(qkv)?, f16s(q_norm)?, f16s(k_norm)?);
-    let sh = HeadShape {
-        head_dim,
-        n_heads,
-        n_kv_heads,
-    };
+    let sh = HeadShape { head_dim, n_heads, n_kv_heads };
     let (q, k, v) = detached(py, move || {
-        ops::qk_norm_rope(
-            &*executor_for(device)?,
-            &qkv,
-            &qn,
-            &kn,
-            sh,
-            pos,
-            rope_theta,
-            eps,
-        )
+        ops::qk_norm_rope(&*executor_for(device)?, &qkv, &qn, &kn, sh, pos, rope_theta, eps)
     })?;
     Ok((out(py, q), out(py, k), out(py, v)))
 }
@@ -484,22 +394,11 @@ fn attention<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let s = shape(k_cache)?;
     if s.len() != 3 {
-        return Err(PyTypeError::new_err(
-            "k_cache must be [n_kv_heads, seq, head_dim]",
-        ));
+        return Err(PyTypeError::new_err("k_cache must be [n_kv_heads, seq, head_dim]"));
     }
-    let sh = HeadShape {
-        head_dim: s[2],
-        n_heads,
-        n_kv_heads: s[0],
-    };
+    let sh = HeadShape { head_dim: s[2], n_heads, n_kv_heads: s[0] };
     let (q, k, v) = (f32s(q)?, f16s(k_cache)?, f16s(v_cache)?);
-    Ok(out(
-        py,
-        detached(py, move || {
-            ops::attention(&*executor_for(device)?, &q, &k, &v, sh)
-        })?,
-    ))
+    Ok(out(py, detached(py, move || ops::attention(&*executor_for(device)?, &q, &k, &v, sh))?))
 }
 
 #[pyfunction]

@@ -105,16 +105,9 @@ impl Checkpoint {
                 self.check_finite_f16(name, entry)?;
             }
         }
-        let mut extra: Vec<&String> = self
-            .tensors
-            .keys()
-            .filter(|n| !expected.contains_key(*n))
-            .collect();
+        let mut extra: Vec<&String> = self.tensors.keys().filter(|n| !expected.contains_key(*n)).collect();
         extra.sort();
-        Ok(extra
-            .into_iter()
-            .map(|n| format!("ignoring unexpected tensor {n}"))
-            .collect())
+        Ok(extra.into_iter().map(|n| format!("ignoring unexpected tensor {n}")).collect())
     }
 
     /// Rejects NaN or inf in AWQ scales: they would silently poison every output of the layer.
@@ -133,26 +126,20 @@ impl Checkpoint {
     }
 
     fn dir(&self) -> &Path {
-        self.files
-            .first()
-            .and_then(|(p, _)| p.parent())
-            .unwrap_or(Path::new("."))
+        self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new("."))
     }
 }
 
 /// The names of the shard files, in a stable order.
 fn shard_names(dir: &Path) -> Result<Vec<String>> {
     if !dir.is_dir() {
-        return Err(Error::NotFound {
-            path: dir.into(),
-            what: "model directory not found".into(),
-        });
+        return Err(Error::NotFound { path: dir.into(), what: "model directory not found".into() });
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -160,16 +147,10 @@ fn shard_names(dir: &Path) -> Result<Vec<String>> {
         let mut names: Vec<String> = Vec::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                Error::format(
-                    &index,
-                    format!("weight_map entry for {tensor} is not a file name"),
-                )
+                Error::format(&index, format!("weight_map entry for {tensor} is not a file name"))
             })?;
             if file.contains('/') || file.contains("..") {
-                return Err(Error::format(
-                    &index,
-                    format!("shard name {file:?} leaves the model directory"),
-                ));
+                return Err(Error::format(&index, format!("shard name {file:?} leaves the model directory")));
             }
             if !names.iter().any(|n| n == file) {
                 names.push(file.to_string());
@@ -212,40 +193,22 @@ pub fn awq_linears(c: &Qwen3Config) -> [(&'static str, usize, usize); 7] {
 pub fn expected_tensors(c: &Qwen3Config) -> BTreeMap<String, (Dtype, Vec<usize>)> {
     let mut t = BTreeMap::new();
     let g = c.quantization.group_size;
-    t.insert(
-        "model.embed_tokens.weight".into(),
-        (Dtype::F16, vec![c.vocab_size, c.hidden_size]),
-    );
-    t.insert(
-        "model.norm.weight".into(),
-        (Dtype::F16, vec![c.hidden_size]),
-    );
+    t.insert("model.embed_tokens.weight".into(), (Dtype::F16, vec![c.vocab_size, c.hidden_size]));
+    t.insert("model.norm.weight".into(), (Dtype::F16, vec![c.hidden_size]));
     if !c.tie_word_embeddings {
-        t.insert(
-            "lm_head.weight".into(),
-            (Dtype::F16, vec![c.vocab_size, c.hidden_size]),
-        );
+        t.insert("lm_head.weight".into(), (Dtype::F16, vec![c.vocab_size, c.hidden_size]));
     }
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         for norm in ["input_layernorm", "post_attention_layernorm"] {
-            t.insert(
-                format!("{p}.{norm}.weight"),
-                (Dtype::F16, vec![c.hidden_size]),
-            );
+            t.insert(format!("{p}.{norm}.weight"), (Dtype::F16, vec![c.hidden_size]));
         }
         for norm in ["q_norm", "k_norm"] {
-            t.insert(
-                format!("{p}.self_attn.{norm}.weight"),
-                (Dtype::F16, vec![c.head_dim]),
-            );
+            t.insert(format!("{p}.self_attn.{norm}.weight"), (Dtype::F16, vec![c.head_dim]));
         }
         for (name, k, n) in awq_linears(c) {
             t.insert(format!("{p}.{name}.qweight"), (Dtype::I32, vec![k, n / 8]));
-            t.insert(
-                format!("{p}.{name}.qzeros"),
-                (Dtype::I32, vec![k / g, n / 8]),
-            );
+            t.insert(format!("{p}.{name}.qzeros"), (Dtype::I32, vec![k / g, n / 8]));
             t.insert(format!("{p}.{name}.scales"), (Dtype::F16, vec![k / g, n]));
         }
     }

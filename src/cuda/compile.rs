@@ -43,8 +43,7 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 fn locate_nvrtc() -> std::result::Result<(), String> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(NVRTC_ENV) {
-        return preload(Path::new(&p))
-            .map_err(|e| format!("{NVRTC_ENV}={}: {e}", p.to_string_lossy()));
+        return preload(Path::new(&p)).map_err(|e| format!("{NVRTC_ENV}={}: {e}", p.to_string_lossy()));
     }
     // SAFETY: only probes dlopen with cudarc's candidate names.
     if unsafe { sys::is_culib_present() } {
@@ -83,8 +82,7 @@ fn locate_nvrtc() -> std::result::Result<(), String> {
 fn preload(path: &Path) -> std::result::Result<(), String> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
     // SAFETY: loading NVRTC runs only its own initializers.
-    let lib =
-        unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| e.to_string())?;
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| e.to_string())?;
     std::mem::forget(lib); // stays loaded for the life of the process
                            // SAFETY: as above; this confirms cudarc's soname lookup now resolves.
     if unsafe { sys::is_culib_present() } {
@@ -122,18 +120,11 @@ pub fn compile(kernel: &KernelType, arch: &str, cache_dir: Option<&Path>) -> Res
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     h.update(options.join(" ").as_bytes());
-    let hash: String = h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let file =
-        cache_dir.map(|d| d.join(format!("{kernel}-{arch}-nvrtc{major}.{minor}-{hash}.cubin")));
+    let hash: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let file = cache_dir.map(|d| d.join(format!("{kernel}-{arch}-nvrtc{major}.{minor}-{hash}.cubin")));
     if let Some(cubin) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
         if !cubin.is_empty() {
-            return Ok(Compiled {
-                cubin,
-                from_disk_cache: true,
-            });
+            return Ok(Compiled { cubin, from_disk_cache: true });
         }
     }
     let cubin = nvrtc_compile(kernel, arch, &source, &options)?;
@@ -149,10 +140,7 @@ pub fn compile(kernel: &KernelType, arch: &str, cache_dir: Option<&Path>) -> Res
             let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(Compiled {
-        cubin,
-        from_disk_cache: false,
-    })
+    Ok(Compiled { cubin, from_disk_cache: false })
 }
 
 fn compile_options(arch: &str) -> Vec<String> {
@@ -163,17 +151,8 @@ fn compile_options(arch: &str) -> Vec<String> {
     ]
 }
 
-fn nvrtc_compile(
-    kernel: &KernelType,
-    arch: &str,
-    source: &str,
-    options: &[String],
-) -> Result<Vec<u8>> {
-    let fail = |log: String| Error::Compile {
-        kernel: kernel.to_string(),
-        arch: arch.to_string(),
-        log,
-    };
+fn nvrtc_compile(kernel: &KernelType, arch: &str, source: &str, options: &[String]) -> Result<Vec<u8>> {
+    let fail = |log: String| Error::Compile { kernel: kernel.to_string(), arch: arch.to_string(), log };
     let src = CString::new(source).map_err(|_| fail("source holds a NUL byte".into()))?;
     let name = CString::new(format!("{kernel}.cu")).map_err(|_| fail("bad name".into()))?;
     let opts: Vec<CString> = options
@@ -208,13 +187,10 @@ fn nvrtc_compile(
             if rc != sys::nvrtcResult::NVRTC_SUCCESS {
                 let mut size = 0usize;
                 let mut log = String::new();
-                if sys::nvrtcGetProgramLogSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS
-                    && size > 0
+                if sys::nvrtcGetProgramLogSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS && size > 0
                 {
                     let mut buf = vec![0 as c_char; size];
-                    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr())
-                        == sys::nvrtcResult::NVRTC_SUCCESS
-                    {
+                    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr()) == sys::nvrtcResult::NVRTC_SUCCESS {
                         log = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
                     }
                 }
@@ -223,10 +199,7 @@ fn nvrtc_compile(
             let mut size = 0usize;
             check(sys::nvrtcGetCUBINSize(prog, &mut size), "nvrtcGetCUBINSize")?;
             let mut cubin = vec![0u8; size];
-            check(
-                sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char),
-                "nvrtcGetCUBIN",
-            )?;
+            check(sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char), "nvrtcGetCUBIN")?;
             Ok(cubin)
         })();
         sys::nvrtcDestroyProgram(&mut prog);

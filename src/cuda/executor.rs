@@ -27,9 +27,7 @@ pub fn device_count() -> usize {
     if !driver_present() {
         return 0;
     }
-    CudaContext::device_count()
-        .map(|n| n.max(0) as usize)
-        .unwrap_or(0)
+    CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
 }
 
 pub struct Executor {
@@ -114,11 +112,7 @@ impl Executor {
     }
 
     /// A zeroed device buffer; `what` names it in an out-of-memory error.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
-        &self,
-        len: usize,
-        what: &str,
-    ) -> Result<CudaSlice<T>> {
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
         let r = self.stream.alloc_zeros::<T>(len.max(1));
         self.check_alloc(r, len * std::mem::size_of::<T>(), what)
     }
@@ -141,12 +135,7 @@ impl Executor {
         Ok(self.stream.synchronize()?)
     }
 
-    fn check_alloc<T>(
-        &self,
-        r: std::result::Result<T, DriverError>,
-        bytes: usize,
-        what: &str,
-    ) -> Result<T> {
+    fn check_alloc<T>(&self, r: std::result::Result<T, DriverError>, bytes: usize, what: &str) -> Result<T> {
         r.map_err(|e| {
             if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
                 let free = self.ctx.mem_get_info().map(|m| m.0).unwrap_or(0);

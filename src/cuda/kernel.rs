@@ -97,34 +97,14 @@ impl KernelType {
             KernelType::Embedding { hidden, vocab } => vec![("HIDDEN", hidden), ("VOCAB", vocab)],
             KernelType::RmsNorm { hidden } => vec![("HIDDEN", hidden)],
             KernelType::AwqRepack { k, n, group } => vec![("K", k), ("N", n), ("GROUP", group)],
-            KernelType::AwqGemv {
-                k,
-                n,
-                group,
-                epilogue,
-            } => vec![
-                ("K", k),
-                ("N", n),
-                ("GROUP", group),
-                ("WARPS", GEMV_WARPS),
-                ("MODE", epilogue as u32),
-            ],
+            KernelType::AwqGemv { k, n, group, epilogue } => {
+                vec![("K", k), ("N", n), ("GROUP", group), ("WARPS", GEMV_WARPS), ("MODE", epilogue as u32)]
+            }
             KernelType::HalfGemv { k, n } => vec![("K", k), ("N", n), ("WARPS", GEMV_WARPS)],
-            KernelType::QkNormRope {
-                head_dim,
-                n_heads,
-                n_kv_heads,
-            } => vec![
-                ("HEAD_DIM", head_dim),
-                ("N_HEADS", n_heads),
-                ("N_KV_HEADS", n_kv_heads),
-            ],
-            KernelType::Attention {
-                head_dim,
-                n_heads,
-                n_kv_heads,
-                chunk,
-            } => vec![
+            KernelType::QkNormRope { head_dim, n_heads, n_kv_heads } => {
+                vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)]
+            }
+            KernelType::Attention { head_dim, n_heads, n_kv_heads, chunk } => vec![
                 ("HEAD_DIM", head_dim),
                 ("N_HEADS", n_heads),
                 ("N_KV_HEADS", n_kv_heads),
@@ -172,26 +152,13 @@ mod tests {
 
     #[test]
     fn source_carries_shape_defines_and_key() {
-        let k = KernelType::AwqGemv {
-            k: 4096,
-            n: 6144,
-            group: 128,
-            epilogue: Epilogue::AddTo,
-        };
+        let k = KernelType::AwqGemv { k: 4096, n: 6144, group: 128, epilogue: Epilogue::AddTo };
         let src = k.source();
         assert!(src.contains("#define K 4096\n#define N 6144\n#define GROUP 128\n"));
         assert!(src.contains("#define MODE 1\n"));
         assert!(src.contains("extern \"C\" __global__ void awq_gemv"));
         assert_eq!(k.to_string(), "awq_gemv-k4096-n6144-group128-addto");
-        let a = KernelType::Attention {
-            head_dim: 128,
-            n_heads: 32,
-            n_kv_heads: 8,
-            chunk: 256,
-        };
-        assert_eq!(
-            a.to_string(),
-            "attention-head_dim128-n_heads32-n_kv_heads8-chunk256"
-        );
+        let a = KernelType::Attention { head_dim: 128, n_heads: 32, n_kv_heads: 8, chunk: 256 };
+        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-chunk256");
     }
 }

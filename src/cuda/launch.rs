@@ -18,11 +18,7 @@ fn check(ok: bool, kernel: &KernelType, what: impl FnOnce() -> String) -> Result
 }
 
 fn cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Step state on the device: [token, position]. Kernels read it so launches never change per step.
@@ -37,16 +33,8 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(ex: &Executor, hidden: usize, vocab: usize) -> Result<Self> {
-        let ty = KernelType::Embedding {
-            hidden: hidden as u32,
-            vocab: vocab as u32,
-        };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "embedding")?,
-            hidden,
-            vocab,
-        })
+        let ty = KernelType::Embedding { hidden: hidden as u32, vocab: vocab as u32 };
+        Ok(Self { ty, f: ex.function(ty, "embedding")?, hidden, vocab })
     }
 
     pub fn launch(
@@ -57,29 +45,14 @@ impl Embedding {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check(
-            step.len() >= STEP_LEN
-                && table.len() == self.vocab * self.hidden
-                && out.len() >= self.hidden,
+            step.len() >= STEP_LEN && table.len() == self.vocab * self.hidden && out.len() >= self.hidden,
             &self.ty,
-            || {
-                format!(
-                    "step {}, table {}, out {}",
-                    step.len(),
-                    table.len(),
-                    out.len()
-                )
-            },
+            || format!("step {}, table {}, out {}", step.len(), table.len(), out.len()),
         )?;
         let c = cfg((self.hidden.div_ceil(256) as u32, 1), 256);
         // SAFETY: reads step[0] and one table row (the id is clamped to [0, VOCAB) in the kernel),
         // writes out[0..HIDDEN); all lengths checked above.
-        unsafe {
-            s.launch_builder(&self.f)
-                .arg(step)
-                .arg(table)
-                .arg(out)
-                .launch(c)
-        }?;
+        unsafe { s.launch_builder(&self.f).arg(step).arg(table).arg(out).launch(c) }?;
         Ok(())
     }
 }
@@ -92,14 +65,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(ex: &Executor, hidden: usize) -> Result<Self> {
-        let ty = KernelType::RmsNorm {
-            hidden: hidden as u32,
-        };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "rms_norm")?,
-            hidden,
-        })
+        let ty = KernelType::RmsNorm { hidden: hidden as u32 };
+        Ok(Self { ty, f: ex.function(ty, "rms_norm")?, hidden })
     }
 
     pub fn launch(
@@ -118,12 +85,7 @@ impl RmsNorm {
         let threads = (self.hidden.min(1024) as u32).div_ceil(32) * 32;
         // SAFETY: reads x[0..HIDDEN) and weight[0..HIDDEN), writes out[0..HIDDEN); checked above.
         unsafe {
-            s.launch_builder(&self.f)
-                .arg(x)
-                .arg(weight)
-                .arg(out)
-                .arg(&eps)
-                .launch(cfg((1, 1), threads))
+            s.launch_builder(&self.f).arg(x).arg(weight).arg(out).arg(&eps).launch(cfg((1, 1), threads))
         }?;
         Ok(())
     }
@@ -140,18 +102,8 @@ pub struct AwqRepack {
 
 impl AwqRepack {
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize) -> Result<Self> {
-        let ty = KernelType::AwqRepack {
-            k: k as u32,
-            n: n as u32,
-            group: group as u32,
-        };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "awq_repack")?,
-            k,
-            n,
-            group,
-        })
+        let ty = KernelType::AwqRepack { k: k as u32, n: n as u32, group: group as u32 };
+        Ok(Self { ty, f: ex.function(ty, "awq_repack")?, k, n, group })
     }
 
     pub fn launch(
@@ -213,27 +165,9 @@ pub struct AwqGemv {
 }
 
 impl AwqGemv {
-    pub fn new(
-        ex: &Executor,
-        k: usize,
-        n: usize,
-        group: usize,
-        epilogue: Epilogue,
-    ) -> Result<Self> {
-        let ty = KernelType::AwqGemv {
-            k: k as u32,
-            n: n as u32,
-            group: group as u32,
-            epilogue,
-        };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "awq_gemv")?,
-            k,
-            n,
-            group,
-            epilogue,
-        })
+    pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
+        let ty = KernelType::AwqGemv { k: k as u32, n: n as u32, group: group as u32, epilogue };
+        Ok(Self { ty, f: ex.function(ty, "awq_gemv")?, k, n, group, epilogue })
     }
 
     /// y = W x, y += W x, or y = silu(W_gate x) * (W_up x), by the epilogue.
@@ -244,11 +178,7 @@ impl AwqGemv {
         w: &AwqLinear,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let rows = if self.epilogue == Epilogue::SiluMul {
-            2 * self.n
-        } else {
-            self.n
-        };
+        let rows = if self.epilogue == Epilogue::SiluMul { 2 * self.n } else { self.n };
         check(
             x.len() >= self.k
                 && w.k == self.k
@@ -256,31 +186,13 @@ impl AwqGemv {
                 && w.rows == rows
                 && y.len() >= self.n,
             &self.ty,
-            || {
-                format!(
-                    "x {}, weight {}x{} group {}, y {}",
-                    x.len(),
-                    w.rows,
-                    w.k,
-                    w.group,
-                    y.len()
-                )
-            },
+            || format!("x {}, weight {}x{} group {}, y {}", x.len(), w.rows, w.k, w.group, y.len()),
         )?;
-        let c = cfg(
-            (self.n.div_ceil(GEMV_WARPS as usize) as u32, 1),
-            32 * GEMV_WARPS,
-        );
+        let c = cfg((self.n.div_ceil(GEMV_WARPS as usize) as u32, 1), 32 * GEMV_WARPS);
         // SAFETY: reads x[0..K) and `rows` rows of w (K/8 words, K/GROUP scales and zeros each),
         // writes (or adds to) y[0..N); all checked above. x and y are distinct buffers.
         unsafe {
-            s.launch_builder(&self.f)
-                .arg(x)
-                .arg(&w.weight)
-                .arg(&w.scales)
-                .arg(&w.zeros)
-                .arg(y)
-                .launch(c)
+            s.launch_builder(&self.f).arg(x).arg(&w.weight).arg(&w.scales).arg(&w.zeros).arg(y).launch(c)
         }?;
         Ok(())
     }
@@ -295,16 +207,8 @@ pub struct HalfGemv {
 
 impl HalfGemv {
     pub fn new(ex: &Executor, k: usize, n: usize) -> Result<Self> {
-        let ty = KernelType::HalfGemv {
-            k: k as u32,
-            n: n as u32,
-        };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "half_gemv")?,
-            k,
-            n,
-        })
+        let ty = KernelType::HalfGemv { k: k as u32, n: n as u32 };
+        Ok(Self { ty, f: ex.function(ty, "half_gemv")?, k, n })
     }
 
     pub fn launch(
@@ -319,10 +223,7 @@ impl HalfGemv {
             &self.ty,
             || format!("x {}, w {}, y {}", x.len(), w.len(), y.len()),
         )?;
-        let c = cfg(
-            (self.n.div_ceil(GEMV_WARPS as usize) as u32, 1),
-            32 * GEMV_WARPS,
-        );
+        let c = cfg((self.n.div_ceil(GEMV_WARPS as usize) as u32, 1), 32 * GEMV_WARPS);
         // SAFETY: reads x[0..K) and w[0..N*K) in 16-byte vectors (K % 8 == 0 keeps rows aligned),
         // writes y[0..N); checked above.
         unsafe { s.launch_builder(&self.f).arg(x).arg(w).arg(y).launch(c) }?;
@@ -366,11 +267,7 @@ impl QkNormRope {
 
     pub fn new(ex: &Executor, shape: HeadShape) -> Result<Self> {
         let ty = Self::kernel_type(shape);
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "qk_norm_rope")?,
-            shape,
-        })
+        Ok(Self { ty, f: ex.function(ty, "qk_norm_rope")?, shape })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -408,10 +305,7 @@ impl QkNormRope {
                 )
             },
         )?;
-        let c = cfg(
-            ((sh.n_heads + 2 * sh.n_kv_heads) as u32, 1),
-            sh.head_dim as u32,
-        );
+        let c = cfg(((sh.n_heads + 2 * sh.n_kv_heads) as u32, 1), sh.head_dim as u32);
         let max_seq = max_seq as i32;
         // SAFETY: reads qkv, the two norm weights and step[1] (the kernel returns when the
         // position is outside [0, max_seq)); writes q and one position of each cache, whose
@@ -473,10 +367,7 @@ impl Attention {
             shape,
             chunk,
             max_seq,
-            part_o: ex.zeros(
-                shape.n_heads * max_chunks * shape.head_dim,
-                "attention scratch",
-            )?,
+            part_o: ex.zeros(shape.n_heads * max_chunks * shape.head_dim, "attention scratch")?,
             part_ml: ex.zeros(shape.n_heads * max_chunks * 2, "attention scratch")?,
         })
     }
@@ -499,15 +390,7 @@ impl Attention {
                 && step.len() >= STEP_LEN
                 && out.len() >= q_len,
             &self.ty,
-            || {
-                format!(
-                    "q {}, caches {} / {}, out {}",
-                    q.len(),
-                    k_cache.len(),
-                    v_cache.len(),
-                    out.len()
-                )
-            },
+            || format!("q {}, caches {} / {}, out {}", q.len(), k_cache.len(), v_cache.len(), out.len()),
         )?;
         let max_chunks = self.max_seq.div_ceil(self.chunk);
         let (max_seq, max_chunks_i) = (self.max_seq as i32, max_chunks as i32);
@@ -526,10 +409,7 @@ impl Attention {
                 .arg(&mut self.part_ml)
                 .arg(&max_seq)
                 .arg(&scale)
-                .launch(cfg(
-                    (sh.n_kv_heads as u32, max_chunks as u32),
-                    ATTENTION_THREADS,
-                ))?;
+                .launch(cfg((sh.n_kv_heads as u32, max_chunks as u32), ATTENTION_THREADS))?;
             s.launch_builder(&self.combine)
                 .arg(&self.part_o)
                 .arg(&self.part_ml)
@@ -552,30 +432,16 @@ pub struct Argmax {
 impl Argmax {
     pub fn new(ex: &Executor, n: usize) -> Result<Self> {
         let ty = KernelType::Argmax { n: n as u32 };
-        Ok(Self {
-            ty,
-            f: ex.function(ty, "argmax")?,
-            n,
-        })
+        Ok(Self { ty, f: ex.function(ty, "argmax")?, n })
     }
 
     /// Writes the index of the largest of x[0..n) into out[0].
-    pub fn launch(
-        &self,
-        s: &CudaStream,
-        x: &CudaSlice<f32>,
-        out: &mut CudaSlice<i32>,
-    ) -> Result<()> {
+    pub fn launch(&self, s: &CudaStream, x: &CudaSlice<f32>, out: &mut CudaSlice<i32>) -> Result<()> {
         check(x.len() >= self.n && !out.is_empty(), &self.ty, || {
             format!("x {}, out {}", x.len(), out.len())
         })?;
         // SAFETY: reads x[0..N), writes out[0]; checked above.
-        unsafe {
-            s.launch_builder(&self.f)
-                .arg(x)
-                .arg(out)
-                .launch(cfg((1, 1), 1024))
-        }?;
+        unsafe { s.launch_builder(&self.f).arg(x).arg(out).launch(cfg((1, 1), 1024)) }?;
         Ok(())
     }
 }

@@ -61,14 +61,7 @@ impl AwqLinear {
         let qweight = ex.upload(qweight, "AWQ qweight")?;
         let qzeros = ex.upload(qzeros, "AWQ qzeros")?;
         let scales = ex.upload(scales, "AWQ scales")?;
-        AwqRepack::new(ex, self.k, n, self.group)?.launch(
-            ex.stream(),
-            &qweight,
-            &qzeros,
-            &scales,
-            self,
-            row,
-        )
+        AwqRepack::new(ex, self.k, n, self.group)?.launch(ex.stream(), &qweight, &qzeros, &scales, self, row)
     }
 
     /// Loads the checkpoint linears `prefixes` (each `<prefix>.qweight` etc., all with input
@@ -100,9 +93,8 @@ impl AwqLinear {
 }
 
 fn tensor_bytes<'a>(ckpt: &'a Checkpoint, name: &str) -> Result<&'a [u8]> {
-    let entry = ckpt
-        .get(name)
-        .ok_or_else(|| Error::Internal(format!("tensor {name} vanished after validation")))?;
+    let entry =
+        ckpt.get(name).ok_or_else(|| Error::Internal(format!("tensor {name} vanished after validation")))?;
     Ok(ckpt.bytes(entry))
 }
 
@@ -116,10 +108,7 @@ pub fn words(ckpt: &Checkpoint, name: &str) -> Result<Vec<u32>> {
 
 /// A checkpoint tensor's raw fp16 values (validated as F16 beforehand).
 pub fn halves(ckpt: &Checkpoint, name: &str) -> Result<Vec<u16>> {
-    Ok(tensor_bytes(ckpt, name)?
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect())
+    Ok(tensor_bytes(ckpt, name)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
 }
 
 #[cfg(test)]
@@ -135,10 +124,7 @@ mod tests {
         assert_eq!(cols, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         // Column 1 alone set to 15: pack order puts column 1 in nibble 4.
         assert_eq!(awq_nibble(0x000F_0000, 1), 15);
-        assert_eq!(
-            (0..8).filter(|&j| awq_nibble(0x000F_0000, j) != 0).count(),
-            1
-        );
+        assert_eq!((0..8).filter(|&j| awq_nibble(0x000F_0000, j) != 0).count(), 1);
         // Column 7 lives in the top nibble.
         assert_eq!(awq_nibble(0xA000_0000, 7), 10);
     }

@@ -85,22 +85,13 @@ impl Qwen3Model {
     }
 
     /// Uploads a validated checkpoint onto `ex`'s device.
-    pub fn load(
-        ex: Executor,
-        config: Qwen3Config,
-        ckpt: &Checkpoint,
-        max_seq: usize,
-    ) -> Result<Self> {
+    pub fn load(ex: Executor, config: Qwen3Config, ckpt: &Checkpoint, max_seq: usize) -> Result<Self> {
         let c = &config;
         let (h, g) = (c.hidden_size, c.quantization.group_size);
         let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
 
         let embed_tokens = f16("model.embed_tokens.weight")?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else {
-            Some(f16("lm_head.weight")?)
-        };
+        let lm_head = if c.tie_word_embeddings { None } else { Some(f16("lm_head.weight")?) };
         let norm = f16("model.norm.weight")?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
@@ -127,20 +118,11 @@ impl Qwen3Model {
                 gate_up_proj: AwqLinear::load(
                     &ex,
                     ckpt,
-                    &[
-                        (&mlp("gate_proj"), c.intermediate_size),
-                        (&mlp("up_proj"), c.intermediate_size),
-                    ],
+                    &[(&mlp("gate_proj"), c.intermediate_size), (&mlp("up_proj"), c.intermediate_size)],
                     h,
                     g,
                 )?,
-                down_proj: AwqLinear::load(
-                    &ex,
-                    ckpt,
-                    &[(&mlp("down_proj"), h)],
-                    c.intermediate_size,
-                    g,
-                )?,
+                down_proj: AwqLinear::load(&ex, ckpt, &[(&mlp("down_proj"), h)], c.intermediate_size, g)?,
             });
         }
 
@@ -170,17 +152,7 @@ impl Qwen3Model {
         };
         let kv = KvCache::new(&ex, shape, c.num_hidden_layers, max_seq)?;
         ex.synchronize()?;
-        Ok(Qwen3Model {
-            config,
-            ex,
-            embed_tokens,
-            lm_head,
-            norm,
-            layers,
-            kv,
-            k,
-            b,
-        })
+        Ok(Qwen3Model { config, ex, embed_tokens, lm_head, norm, layers, kv, k, b })
     }
 
     pub fn max_seq(&self) -> usize {
@@ -191,9 +163,7 @@ impl Qwen3Model {
     /// computes the logits. Asynchronous: nothing is read back.
     pub fn step(&mut self, token: u32, pos: usize, want_logits: bool) -> Result<()> {
         if token as usize >= self.config.vocab_size || pos >= self.kv.max_seq {
-            return Err(Error::Internal(format!(
-                "step({token}, {pos}) escaped validation"
-            )));
+            return Err(Error::Internal(format!("step({token}, {pos}) escaped validation")));
         }
         let s = self.ex.stream().clone();
         s.memcpy_htod(&[token as i32, pos as i32], &mut self.b.step)?;
@@ -201,13 +171,10 @@ impl Qwen3Model {
         let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
         let (k, b) = (&mut self.k, &mut self.b);
 
-        k.embedding
-            .launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
+        k.embedding.launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
-            k.rms_norm
-                .launch(&s, &b.hidden, &layer.input_layernorm, &mut b.normed, eps)?;
-            k.qkv_proj
-                .launch(&s, &b.normed, &layer.qkv_proj, &mut b.qkv)?;
+            k.rms_norm.launch(&s, &b.hidden, &layer.input_layernorm, &mut b.normed, eps)?;
+            k.qkv_proj.launch(&s, &b.normed, &layer.qkv_proj, &mut b.qkv)?;
             k.qk_norm_rope.launch(
                 &s,
                 &b.qkv,
@@ -221,24 +188,14 @@ impl Qwen3Model {
                 eps,
                 theta,
             )?;
-            k.attention
-                .launch(&s, &b.q, k_cache, v_cache, &b.step, &mut b.attn)?;
+            k.attention.launch(&s, &b.q, k_cache, v_cache, &b.step, &mut b.attn)?;
             k.o_proj.launch(&s, &b.attn, &layer.o_proj, &mut b.hidden)?;
-            k.rms_norm.launch(
-                &s,
-                &b.hidden,
-                &layer.post_attention_layernorm,
-                &mut b.normed,
-                eps,
-            )?;
-            k.gate_up_proj
-                .launch(&s, &b.normed, &layer.gate_up_proj, &mut b.mlp_act)?;
-            k.down_proj
-                .launch(&s, &b.mlp_act, &layer.down_proj, &mut b.hidden)?;
+            k.rms_norm.launch(&s, &b.hidden, &layer.post_attention_layernorm, &mut b.normed, eps)?;
+            k.gate_up_proj.launch(&s, &b.normed, &layer.gate_up_proj, &mut b.mlp_act)?;
+            k.down_proj.launch(&s, &b.mlp_act, &layer.down_proj, &mut b.hidden)?;
         }
         if want_logits {
-            k.rms_norm
-                .launch(&s, &b.hidden, &self.norm, &mut b.normed, eps)?;
+            k.rms_norm.launch(&s, &b.hidden, &self.norm, &mut b.normed, eps)?;
             let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
             k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
         }
@@ -248,9 +205,7 @@ impl Qwen3Model {
     /// The greedy next token from the last step's logits (one 4-byte read back).
     pub fn argmax(&mut self) -> Result<u32> {
         let s = self.ex.stream().clone();
-        self.k
-            .argmax
-            .launch(&s, &self.b.logits, &mut self.b.next_token)?;
+        self.k.argmax.launch(&s, &self.b.logits, &mut self.b.next_token)?;
         let t = self.ex.download(&self.b.next_token)?;
         Ok(t[0].max(0) as u32)
     }
@@ -267,23 +222,11 @@ impl Qwen3Model {
 
 /// Every kernel specialization the model uses (for ahead-of-time compilation and its tests).
 pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
-    let (h, g, i) = (
-        c.hidden_size as u32,
-        c.quantization.group_size as u32,
-        c.intermediate_size as u32,
-    );
+    let (h, g, i) = (c.hidden_size as u32, c.quantization.group_size as u32, c.intermediate_size as u32);
     let (q, kv, v) = (c.q_dim() as u32, c.kv_dim() as u32, c.vocab_size as u32);
-    let gemv = |k, n, epilogue| KernelType::AwqGemv {
-        k,
-        n,
-        group: g,
-        epilogue,
-    };
+    let gemv = |k, n, epilogue| KernelType::AwqGemv { k, n, group: g, epilogue };
     let mut types = vec![
-        KernelType::Embedding {
-            hidden: h,
-            vocab: v,
-        },
+        KernelType::Embedding { hidden: h, vocab: v },
         KernelType::RmsNorm { hidden: h },
         gemv(h, q + 2 * kv, Epilogue::Store),
         gemv(q, h, Epilogue::AddTo),
@@ -294,23 +237,21 @@ pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
         KernelType::HalfGemv { k: h, n: v },
         KernelType::Argmax { n: v },
     ];
-    for (_, k, n) in awq_linears(c) {
-        let repack = KernelType::AwqRepack {
-            k: k as u32,
-            n: n as u32,
-            group: g,
-        };
-        if !types.contains(&repack) {
-            types.push(repack);
+    types.extend(awq_linears(c).map(|(_, k, n)| KernelType::AwqRepack {
+        k: k as u32,
+        n: n as u32,
+        group: g,
+    }));
+    // Layers of equal shape share a kernel (o_proj and down_proj can coincide).
+    let mut unique = Vec::with_capacity(types.len());
+    for t in types {
+        if !unique.contains(&t) {
+            unique.push(t);
         }
     }
-    types
+    unique
 }
 
 pub fn head_shape(c: &Qwen3Config) -> HeadShape {
-    HeadShape {
-        head_dim: c.head_dim,
-        n_heads: c.num_attention_heads,
-        n_kv_heads: c.num_key_value_heads,
-    }
+    HeadShape { head_dim: c.head_dim, n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads }
 }
