@@ -101,14 +101,17 @@ impl Qwen3Config {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::format(path, what));
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            return bad(format!("head_dim {} is not supported (even, at most 256)", self.head_dim));
+        if !self.head_dim.is_multiple_of(32) || self.head_dim > 256 {
+            return bad(format!(
+                "head_dim {} is not supported (a multiple of 32, at most 256)",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));

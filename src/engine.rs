@@ -8,16 +8,11 @@ use crate::error::{ensure, Error, Result};
 use crate::model::qwen3::Qwen3Model;
 use crate::weights::Checkpoint;
 
+#[derive(Default)]
 pub struct EngineOptions {
     pub device: usize,
     /// Positions the KV cache holds; defaults to the config's max_position_embeddings.
     pub max_seq_len: Option<usize>,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions { device: 0, max_seq_len: None }
-    }
 }
 
 pub struct Engine {

@@ -51,9 +51,10 @@ pub fn awq_gemv(
     ensure(linears.len() == parts, || {
         format!("{epilogue:?} takes {parts} linear(s), got {}", linears.len())
     })?;
-    ensure(group >= 32 && group % 32 == 0 && k % group == 0 && n % 8 == 0, || {
-        format!("unsupported shape k {k}, n {n}, group {group}")
-    })?;
+    ensure(
+        group >= 32 && group.is_multiple_of(32) && k.is_multiple_of(group) && n.is_multiple_of(8),
+        || format!("unsupported shape k {k}, n {n}, group {group}"),
+    )?;
     for l in linears {
         ensure(
             l.qweight.len() == k * n / 8
@@ -81,7 +82,7 @@ pub fn awq_gemv(
 /// y = W x with W [n][k] fp16.
 pub fn half_gemv(ex: &Executor, x: &[f32], w: &[u16]) -> Result<Vec<f32>> {
     let k = x.len();
-    ensure(k > 0 && k % 8 == 0 && w.len() % k == 0, || {
+    ensure(k > 0 && k.is_multiple_of(8) && w.len().is_multiple_of(k), || {
         format!("weight of {} values does not fit k {k} (k % 8 == 0)", w.len())
     })?;
     let n = w.len() / k;
@@ -93,10 +94,10 @@ pub fn half_gemv(ex: &Executor, x: &[f32], w: &[u16]) -> Result<Vec<f32>> {
 
 fn check_heads(shape: HeadShape) -> Result<()> {
     ensure(
-        shape.head_dim % 32 == 0
+        shape.head_dim.is_multiple_of(32)
             && shape.head_dim <= 256
             && shape.n_kv_heads > 0
-            && shape.n_heads % shape.n_kv_heads == 0,
+            && shape.n_heads.is_multiple_of(shape.n_kv_heads),
         || format!("unsupported head shape {shape:?}"),
     )
 }
@@ -158,9 +159,10 @@ pub fn attention(
     check_heads(shape)?;
     let per_pos = shape.n_kv_heads * shape.head_dim;
     ensure(q.len() == shape.n_heads * shape.head_dim, || "q does not match the head shape".into())?;
-    ensure(!k_cache.is_empty() && k_cache.len() % per_pos == 0 && v_cache.len() == k_cache.len(), || {
-        "caches do not match the head shape".into()
-    })?;
+    ensure(
+        !k_cache.is_empty() && k_cache.len().is_multiple_of(per_pos) && v_cache.len() == k_cache.len(),
+        || "caches do not match the head shape".into(),
+    )?;
     let seq = k_cache.len() / per_pos;
     let (qd, kd, vd) = (ex.upload(q, "q")?, ex.upload(k_cache, "k cache")?, ex.upload(v_cache, "v cache")?);
     let step = step(ex, 0, seq as i32 - 1)?;

@@ -227,7 +227,9 @@ fn shape(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     obj.getattr("shape")?.extract()
 }
 
-fn out<'py>(py: Python<'py>, v: Vec<f32>) -> Bound<'py, PyArray1<f32>> {
+type F32Array<'py> = Bound<'py, PyArray1<f32>>;
+
+fn out<'py>(py: Python<'py>, v: Vec<f32>) -> F32Array<'py> {
     PyArray1::from_vec(py, v)
 }
 
@@ -373,7 +375,7 @@ fn qk_norm_rope<'py>(
     rope_theta: f32,
     eps: f32,
     device: usize,
-) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<(F32Array<'py>, F32Array<'py>, F32Array<'py>)> {
     let (qkv, qn, kn) = (f32s(qkv)?, f16s(q_norm)?, f16s(k_norm)?);
     let sh = HeadShape { head_dim, n_heads, n_kv_heads };
     let (q, k, v) = detached(py, move || {

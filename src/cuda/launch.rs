@@ -219,7 +219,7 @@ impl HalfGemv {
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check(
-            self.k % 8 == 0 && x.len() >= self.k && w.len() == self.n * self.k && y.len() >= self.n,
+            self.k.is_multiple_of(8) && x.len() >= self.k && w.len() == self.n * self.k && y.len() >= self.n,
             &self.ty,
             || format!("x {}, w {}, y {}", x.len(), w.len(), y.len()),
         )?;
