@@ -1,6 +1,6 @@
 // Greedy sampling on the GPU: out[0] = index of the largest logit (lowest index on ties, NaN
-// ignored). One block. Writing into the step's token slot feeds the next step's embedding without
-// a host round trip. Defines: N.
+// ignored); with `advance`, out[1] += 1. One block. Pointed at the step state, this feeds the next
+// step's token and position without a host round trip. Defines: N.
 
 __device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
     if (v2 > v || (v2 == v && i2 < i)) {
@@ -9,7 +9,7 @@ __device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
     }
 }
 
-extern "C" __global__ void argmax(const float* __restrict__ x, int* __restrict__ out) {
+extern "C" __global__ void argmax(const float* __restrict__ x, int* __restrict__ out, int advance) {
     __shared__ float vs[32];
     __shared__ int is[32];
     float v = -__int_as_float(0x7f800000);
@@ -31,6 +31,9 @@ extern "C" __global__ void argmax(const float* __restrict__ x, int* __restrict__
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
             better(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
-        if (lane == 0) out[0] = idx == 0x7fffffff ? 0 : idx;
+        if (lane == 0) {
+            out[0] = idx == 0x7fffffff ? 0 : idx;
+            if (advance) out[STEP_POS] += 1;
+        }
     }
 }

@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# GPU tests in one call on a machine with an NVIDIA GPU, Python 3.12 (numpy, pytest, torch,
-# transformers) and no Rust toolchain. Build the inputs first on a development machine:
-#     maturin build --release -o .carry/wheels
+# GPU tests and benchmarks in one call, on a machine with an NVIDIA GPU and Python (numpy, pytest;
+# torch and transformers for the reference comparisons) but no Rust toolchain. Build the inputs on a
+# development machine first:
+#     bash scripts/build_carry.sh
 # then run this from the repository root with .carry present. Logs go to $OUT (default ./gpu-out).
+#     scripts/gpu_check.sh [tests|bench|all] [extra pytest args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+what=${1:-all}
+shift || true
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 site=$(mktemp -d)
-python3 -m pip install --quiet --no-deps --target "$site" .carry/wheels/qwen3_rs-*.whl 2>&1 | tee "$OUT/install.log"
+python3 -m pip install --quiet --no-deps --target "$site" .carry/wheels/qwen3_rs-*.whl > "$OUT/install.log" 2>&1
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1 QWEN3_RS_REQUIRE_GPU=1
 export QWEN3_RS_CACHE_DIR=${QWEN3_RS_CACHE_DIR:-$(mktemp -d)}
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 -m pytest -v -rs tests "$@" 2>&1 | tee "$OUT/pytest.log"
-status=${PIPESTATUS[0]}
+status=0
+if [ "$what" = tests ] || [ "$what" = all ]; then
+    python3 -m pytest -q -rs tests "$@" 2>&1 | tee "$OUT/pytest.log"
+    status=${PIPESTATUS[0]}
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+    .carry/bin/kernels --bench --noplot 2>&1 | tee "$OUT/bench-kernels.log" | grep -v "^Benchmarking\|^ *$"
+    python3 -m qwen3_rs bench --peers 2>&1 | tee "$OUT/bench-e2e.log"
+fi
 exit "$status"

@@ -8,11 +8,18 @@ use crate::error::{ensure, Error, Result};
 use crate::model::qwen3::Qwen3Model;
 use crate::weights::Checkpoint;
 
-#[derive(Default)]
 pub struct EngineOptions {
     pub device: usize,
     /// Positions the KV cache holds; defaults to the config's max_position_embeddings.
     pub max_seq_len: Option<usize>,
+    /// Replay each decode step from a CUDA graph (one launch instead of hundreds).
+    pub cuda_graphs: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { device: 0, max_seq_len: None, cuda_graphs: true }
+    }
 }
 
 pub struct Engine {
@@ -51,7 +58,7 @@ impl Engine {
                 opts.device
             )));
         }
-        let model = Qwen3Model::load(ex, config, &ckpt, max_seq)?;
+        let model = Qwen3Model::load(ex, config, &ckpt, max_seq, opts.cuda_graphs)?;
         Ok(Engine { model, warnings })
     }
 
@@ -95,16 +102,36 @@ impl Engine {
         for (pos, &t) in ids.iter().enumerate() {
             self.model.step(t, pos, pos == last)?;
         }
+        self.model.sample_greedy()?;
         let mut out = Vec::with_capacity(max_new_tokens);
         loop {
-            let next = self.model.argmax()?;
+            let next = self.model.current_token()?;
             out.push(next);
             let stop = !ignore_eos && self.model.config.eos_token_ids.contains(&next);
             if stop || out.len() == max_new_tokens {
                 return Ok(out);
             }
-            self.model.step(next, ids.len() + out.len() - 1, true)?;
+            self.model.decode_greedy()?;
         }
+    }
+
+    /// Benchmark hook: seconds per greedy decode step at `context` cached positions, measured
+    /// over `steps` steps exactly as `generate` runs them (token read back every step). The cache
+    /// contents are left as they are: the cost of a step does not depend on them.
+    pub fn time_decode(&mut self, context: usize, steps: usize) -> Result<f64> {
+        let max_seq = self.max_seq_len();
+        ensure(steps > 0 && context + steps < max_seq, || {
+            format!("context {context} + {steps} steps must stay below max_seq_len ({max_seq})")
+        })?;
+        self.model.step(0, context, true)?;
+        self.model.sample_greedy()?;
+        self.model.current_token()?;
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            self.model.decode_greedy()?;
+            self.model.current_token()?;
+        }
+        Ok(start.elapsed().as_secs_f64() / steps as f64)
     }
 
     /// Logits at every position of `ids` (row-major [len, vocab]), from a fresh sequence.

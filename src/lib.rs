@@ -3,6 +3,7 @@
 //! The core is usable from Rust alone (`engine::Engine`); `python` (feature "python") is a thin
 //! PyO3 skin over it.
 
+pub mod bench;
 pub mod config;
 pub mod cuda;
 pub mod engine;

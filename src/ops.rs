@@ -175,6 +175,6 @@ pub fn argmax(ex: &Executor, x: &[f32]) -> Result<u32> {
     ensure(!x.is_empty(), || "argmax of an empty array".into())?;
     let xd = ex.upload(x, "x")?;
     let mut out = ex.zeros(1, "out")?;
-    launch::Argmax::new(ex, x.len())?.launch(ex.stream(), &xd, &mut out)?;
+    launch::Argmax::new(ex, x.len())?.launch(ex.stream(), &xd, &mut out, false)?;
     Ok(ex.download(&out)?[0] as u32)
 }

@@ -89,11 +89,18 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (model_path, device = 0, max_seq_len = None))]
-    fn new(py: Python<'_>, model_path: PathBuf, device: i64, max_seq_len: Option<i64>) -> PyResult<Self> {
+    #[pyo3(signature = (model_path, device = 0, max_seq_len = None, cuda_graphs = true))]
+    fn new(
+        py: Python<'_>,
+        model_path: PathBuf,
+        device: i64,
+        max_seq_len: Option<i64>,
+        cuda_graphs: bool,
+    ) -> PyResult<Self> {
         let opts = EngineOptions {
             device: non_negative("device", device)?,
             max_seq_len: max_seq_len.map(|n| non_negative("max_seq_len", n)).transpose()?,
+            cuda_graphs,
         };
         let engine = detached(py, || Engine::load(&model_path, &opts))?;
         let logger = py.import("logging")?.call_method1("getLogger", ("qwen3_rs",))?;
@@ -127,6 +134,14 @@ impl PyEngine {
         let flat = detached(py, move || lock(&inner)?.logits(&ids))?;
         let cols = flat.len() / rows.max(1);
         PyArray1::from_vec(py, flat).reshape([rows, cols])
+    }
+
+    /// Seconds per greedy decode step with `context` positions cached, averaged over `steps`
+    /// (benchmarking; the cache contents are not meaningful afterwards).
+    #[pyo3(signature = (context, steps = 64))]
+    fn time_decode(&self, py: Python<'_>, context: usize, steps: usize) -> PyResult<f64> {
+        let inner = self.inner.clone();
+        detached(py, move || lock(&inner)?.time_decode(context, steps))
     }
 
     /// The model's config.json as a dict.
@@ -178,6 +193,13 @@ fn compile_kernels(
             })
             .collect()
     })
+}
+
+/// Device-to-device copy bandwidth of `device` in bytes/s (bytes read plus bytes written).
+#[pyfunction]
+#[pyo3(signature = (device = 0, bytes = 1 << 30))]
+fn copy_bandwidth(py: Python<'_>, device: usize, bytes: usize) -> PyResult<f64> {
+    detached(py, move || executor_for(device)?.copy_bandwidth(bytes))
 }
 
 /// The NVRTC version in use, as (major, minor).
@@ -416,6 +438,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(compile_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_bandwidth, m)?)?;
     let o = PyModule::new(m.py(), "ops")?;
     o.add_function(wrap_pyfunction!(embedding, &o)?)?;
     o.add_function(wrap_pyfunction!(rms_norm, &o)?)?;

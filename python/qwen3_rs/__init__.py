@@ -26,6 +26,21 @@ if "QWEN3_RS_NVRTC_FALLBACK" not in os.environ:
         os.environ["QWEN3_RS_NVRTC_FALLBACK"] = _lib
 
 from . import errors  # noqa: E402
-from ._qwen3_rs import Qwen3Engine, __version__, compile_kernels, cuda_device_count, nvrtc_version  # noqa: E402
+from ._qwen3_rs import (  # noqa: E402
+    Qwen3Engine,
+    __version__,
+    compile_kernels,
+    copy_bandwidth,
+    cuda_device_count,
+    nvrtc_version,
+)
 
-__all__ = ["Qwen3Engine", "errors", "cuda_device_count", "compile_kernels", "nvrtc_version", "__version__"]
+__all__ = [
+    "Qwen3Engine",
+    "errors",
+    "cuda_device_count",
+    "compile_kernels",
+    "copy_bandwidth",
+    "nvrtc_version",
+    "__version__",
+]

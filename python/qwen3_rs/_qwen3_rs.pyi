@@ -18,8 +18,15 @@ class Qwen3Engine:
     """
 
     def __init__(
-        self, model_path: Union[str, os.PathLike[str]], device: int = 0, max_seq_len: int | None = None
-    ) -> None: ...
+        self,
+        model_path: Union[str, os.PathLike[str]],
+        device: int = 0,
+        max_seq_len: int | None = None,
+        cuda_graphs: bool = True,
+    ) -> None:
+        """Loads `model_path` onto GPU `device`. `max_seq_len` (default: the config's
+        max_position_embeddings) sizes the KV cache; `cuda_graphs` replays each decode step from
+        a captured CUDA graph."""
     def generate(self, ids: TokenIds, max_new_tokens: int = 20, ignore_eos: bool = False) -> list[int]:
         """Greedy continuation of `ids` from a fresh sequence; returns the new token ids only.
 
@@ -28,6 +35,8 @@ class Qwen3Engine:
         """
     def logits(self, ids: TokenIds) -> npt.NDArray[np.float32]:
         """Logits at every position of `ids`, shape [len(ids), vocab_size]."""
+    def time_decode(self, context: int, steps: int = 64) -> float:
+        """Seconds per greedy decode step with `context` positions cached (benchmarking)."""
     @property
     def config(self) -> dict[str, Any]:
         """The model's config.json."""
@@ -48,3 +57,6 @@ def compile_kernels(
 
 def nvrtc_version() -> tuple[int, int]:
     """The NVRTC version in use."""
+
+def copy_bandwidth(device: int = 0, bytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read plus bytes written)."""

@@ -131,6 +131,27 @@ impl Executor {
         Ok(out)
     }
 
+    /// Seconds per call of `f` (which enqueues work on this executor's stream), timed with events
+    /// over `iters` calls after one warm-up call.
+    pub fn time<F: FnMut() -> Result<()>>(&self, iters: usize, mut f: F) -> Result<f64> {
+        f()?;
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(timing)?;
+        for _ in 0..iters {
+            f()?;
+        }
+        let end = self.stream.record_event(timing)?;
+        Ok(start.elapsed_ms(&end)? as f64 / 1e3 / iters.max(1) as f64)
+    }
+
+    /// Device-to-device copy bandwidth in bytes/s, counting the bytes read and written.
+    pub fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let src = self.zeros::<u8>(bytes, "bandwidth probe")?;
+        let mut dst = self.zeros::<u8>(bytes, "bandwidth probe")?;
+        let secs = self.time(20, || Ok(self.stream.memcpy_dtod(&src, &mut dst)?))?;
+        Ok(2.0 * bytes as f64 / secs)
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
     }

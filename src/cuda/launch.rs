@@ -435,13 +435,22 @@ impl Argmax {
         Ok(Self { ty, f: ex.function(ty, "argmax")?, n })
     }
 
-    /// Writes the index of the largest of x[0..n) into out[0].
-    pub fn launch(&self, s: &CudaStream, x: &CudaSlice<f32>, out: &mut CudaSlice<i32>) -> Result<()> {
-        check(x.len() >= self.n && !out.is_empty(), &self.ty, || {
+    /// Writes the index of the largest of x[0..n) into out[0]; with `advance`, also adds one to
+    /// out[1] (the step's position).
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<i32>,
+        advance: bool,
+    ) -> Result<()> {
+        let need = if advance { 2 } else { 1 };
+        check(x.len() >= self.n && out.len() >= need, &self.ty, || {
             format!("x {}, out {}", x.len(), out.len())
         })?;
-        // SAFETY: reads x[0..N), writes out[0]; checked above.
-        unsafe { s.launch_builder(&self.f).arg(x).arg(out).launch(cfg((1, 1), 1024)) }?;
+        let advance = advance as i32;
+        // SAFETY: reads x[0..N), writes out[0] (and out[1] when advancing); checked above.
+        unsafe { s.launch_builder(&self.f).arg(x).arg(out).arg(&advance).launch(cfg((1, 1), 1024)) }?;
         Ok(())
     }
 }

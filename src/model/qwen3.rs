@@ -2,7 +2,8 @@
 //! one decode step. A step reads token and position from device memory (`step`), so the launch
 //! sequence is identical every step.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
@@ -54,7 +55,6 @@ struct Buffers {
     attn: CudaSlice<f32>,
     mlp_act: CudaSlice<f32>,
     logits: CudaSlice<f32>,
-    next_token: CudaSlice<i32>,
 }
 
 pub struct Qwen3Model {
@@ -68,7 +68,16 @@ pub struct Qwen3Model {
     kv: KvCache,
     k: Kernels,
     b: Buffers,
+    use_graph: bool,
+    graph: Option<DecodeGraph>,
 }
+
+/// The captured decode step.
+struct DecodeGraph(CudaGraph);
+
+// SAFETY: CUDA graphs may be used from any thread as long as calls on one graph are serialized;
+// the graph is only touched through `&mut Qwen3Model`, which guarantees that.
+unsafe impl Send for DecodeGraph {}
 
 impl Qwen3Model {
     /// Device bytes the model will allocate (weights, KV cache, activations), for an up-front
@@ -85,7 +94,13 @@ impl Qwen3Model {
     }
 
     /// Uploads a validated checkpoint onto `ex`'s device.
-    pub fn load(ex: Executor, config: Qwen3Config, ckpt: &Checkpoint, max_seq: usize) -> Result<Self> {
+    pub fn load(
+        ex: Executor,
+        config: Qwen3Config,
+        ckpt: &Checkpoint,
+        max_seq: usize,
+        use_graph: bool,
+    ) -> Result<Self> {
         let c = &config;
         let (h, g) = (c.hidden_size, c.quantization.group_size);
         let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
@@ -148,11 +163,10 @@ impl Qwen3Model {
             attn: ex.zeros(c.q_dim(), "activations")?,
             mlp_act: ex.zeros(c.intermediate_size, "activations")?,
             logits: ex.zeros(c.vocab_size, "logits")?,
-            next_token: ex.zeros(1, "next token")?,
         };
         let kv = KvCache::new(&ex, shape, c.num_hidden_layers, max_seq)?;
         ex.synchronize()?;
-        Ok(Qwen3Model { config, ex, embed_tokens, lm_head, norm, layers, kv, k, b })
+        Ok(Qwen3Model { config, ex, embed_tokens, lm_head, norm, layers, kv, k, b, use_graph, graph: None })
     }
 
     pub fn max_seq(&self) -> usize {
@@ -165,8 +179,53 @@ impl Qwen3Model {
         if token as usize >= self.config.vocab_size || pos >= self.kv.max_seq {
             return Err(Error::Internal(format!("step({token}, {pos}) escaped validation")));
         }
+        self.ex.stream().memcpy_htod(&[token as i32, pos as i32], &mut self.b.step)?;
+        self.forward(want_logits)
+    }
+
+    /// Greedy sampling on the device: the step's token becomes the argmax of the last logits and
+    /// its position advances by one, ready for `decode_greedy`.
+    pub fn sample_greedy(&mut self) -> Result<()> {
+        self.k.argmax.launch(self.ex.stream(), &self.b.logits, &mut self.b.step, true)
+    }
+
+    /// One greedy decode step entirely on the device (forward of the step's token, then
+    /// `sample_greedy`), replayed from a CUDA graph captured on first use.
+    pub fn decode_greedy(&mut self) -> Result<()> {
+        if !self.use_graph {
+            self.forward(true)?;
+            return self.sample_greedy();
+        }
+        if self.graph.is_none() {
+            let s = self.ex.stream().clone();
+            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+            let captured = self.forward(true).and_then(|_| self.sample_greedy());
+            // End the capture on every path so the stream is usable again.
+            let graph = s.end_capture(CUgraphInstantiate_flags(0));
+            captured?;
+            self.graph = graph?.map(DecodeGraph);
+            if self.graph.is_none() {
+                return Err(Error::Internal("stream capture produced no graph".into()));
+            }
+        }
+        match &self.graph {
+            Some(g) => Ok(g.0.launch()?),
+            None => Err(Error::Internal("no decode graph".into())),
+        }
+    }
+
+    /// The step's current token (waits for the device; a 4-byte read).
+    pub fn current_token(&self) -> Result<u32> {
+        Ok(self.ex.download(&self.b.step)?[0].max(0) as u32)
+    }
+
+    /// The last step's logits, copied to the host.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        self.ex.download(&self.b.logits)
+    }
+
+    fn forward(&mut self, want_logits: bool) -> Result<()> {
         let s = self.ex.stream().clone();
-        s.memcpy_htod(&[token as i32, pos as i32], &mut self.b.step)?;
         let c = &self.config;
         let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
         let (k, b) = (&mut self.k, &mut self.b);
@@ -200,19 +259,6 @@ impl Qwen3Model {
             k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
         }
         Ok(())
-    }
-
-    /// The greedy next token from the last step's logits (one 4-byte read back).
-    pub fn argmax(&mut self) -> Result<u32> {
-        let s = self.ex.stream().clone();
-        self.k.argmax.launch(&s, &self.b.logits, &mut self.b.next_token)?;
-        let t = self.ex.download(&self.b.next_token)?;
-        Ok(t[0].max(0) as u32)
-    }
-
-    /// The last step's logits, copied to the host.
-    pub fn logits(&self) -> Result<Vec<f32>> {
-        self.ex.download(&self.b.logits)
     }
 
     pub fn executor(&self) -> &Executor {

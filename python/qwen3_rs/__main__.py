@@ -1,0 +1,28 @@
+"""Command line: `python -m qwen3_rs bench ...`."""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="qwen3-rs", description="qwen3-rs command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="decode tok/s against the memory-bandwidth floor")
+    bench.add_argument("--model", help="model directory (default: a random Qwen3-8B-AWQ-shaped checkpoint)")
+    bench.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
+    bench.add_argument("--steps", type=int, default=64, help="decode steps timed per context")
+    bench.add_argument("--device", type=int, default=0)
+    bench.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
+    bench.add_argument("--peers", action="store_true", help="also time the GEMV shapes through torch")
+    args = parser.parse_args(argv)
+
+    from . import bench as b
+
+    if args.peers:
+        b.torch_peers(args.device)
+    b.run(args.model, args.contexts, args.steps, args.device, cuda_graphs=not args.no_cuda_graphs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

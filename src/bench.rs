@@ -1,0 +1,106 @@
+//! Kernel benchmark cases at the Qwen3-8B shapes, on random device data. Shared by the criterion
+//! benches (`cargo bench`) and the Python end-to-end benchmark, so both time the same launches.
+
+use cudarc::driver::CudaSlice;
+
+use crate::cuda::executor::Executor;
+use crate::cuda::kernel::Epilogue;
+use crate::cuda::launch::{Attention, AwqGemv, HalfGemv, HeadShape, STEP_LEN};
+use crate::error::Result;
+use crate::model::awq_linear::AwqLinear;
+
+/// A deterministic pseudo-random fill (xorshift), so no RNG crate is needed.
+fn random_words(n: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u32
+        })
+        .collect()
+}
+
+/// Random fp16 values in about [-0.5, 0.5): the sign, a small exponent, random mantissa.
+fn random_halves(n: usize, seed: u64) -> Vec<u16> {
+    random_words(n, seed).into_iter().map(|w| (w as u16 & 0x83ff) | 0x3400).collect()
+}
+
+fn random_floats(n: usize, seed: u64) -> Vec<f32> {
+    random_halves(n, seed).into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect()
+}
+
+/// One launch to time, with the bytes it must move.
+pub struct Case {
+    pub name: String,
+    pub bytes: usize,
+    run: Box<dyn FnMut(&Executor) -> Result<()>>,
+}
+
+impl Case {
+    pub fn launch(&mut self, ex: &Executor) -> Result<()> {
+        (self.run)(ex)
+    }
+}
+
+/// The quantized projections of a Qwen3-8B layer as the engine runs them (q|k|v and gate|up
+/// fused), and the fp16 lm_head.
+pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
+    let shapes = [
+        ("qkv_proj 4096->6144", 4096, 6144, Epilogue::Store),
+        ("o_proj 4096->4096", 4096, 4096, Epilogue::AddTo),
+        ("gate_up_proj 4096->2x12288", 4096, 12288, Epilogue::SiluMul),
+        ("down_proj 12288->4096", 12288, 4096, Epilogue::AddTo),
+    ];
+    let group = 128;
+    let mut cases = Vec::new();
+    for (i, (name, k, n, epilogue)) in shapes.into_iter().enumerate() {
+        let rows = if epilogue == Epilogue::SiluMul { 2 * n } else { n };
+        let mut w = AwqLinear::alloc(ex, k, rows, group, name)?;
+        let seed = 1000 + i as u64;
+        w.weight = ex.upload(&random_words(rows * k / 8, seed), name)?;
+        w.scales = ex.upload(&random_halves(rows * k / group, seed + 1), name)?;
+        let zeros: Vec<u8> =
+            random_words(rows * k / group, seed + 2).into_iter().map(|z| (z & 15) as u8).collect();
+        w.zeros = ex.upload(&zeros, name)?;
+        let x = ex.upload(&random_floats(k, seed + 3), "x")?;
+        let mut y: CudaSlice<f32> = ex.zeros(n, "y")?;
+        let gemv = AwqGemv::new(ex, k, n, group, epilogue)?;
+        let bytes = AwqLinear::device_bytes(k, rows, group);
+        cases.push(Case {
+            name: name.into(),
+            bytes,
+            run: Box::new(move |ex| gemv.launch(ex.stream(), &x, &w, &mut y)),
+        });
+    }
+    let (k, n) = (4096, 151936);
+    let w = ex.upload(&random_halves(n * k, 7), "lm_head")?;
+    let x = ex.upload(&random_floats(k, 8), "x")?;
+    let mut y: CudaSlice<f32> = ex.zeros(n, "logits")?;
+    let lm_head = HalfGemv::new(ex, k, n)?;
+    cases.push(Case {
+        name: "lm_head 4096->151936 fp16".into(),
+        bytes: n * k * 2,
+        run: Box::new(move |ex| lm_head.launch(ex.stream(), &x, &w, &mut y)),
+    });
+    Ok(cases)
+}
+
+/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over an
+/// fp16 cache of `context` positions.
+pub fn attention_case(ex: &Executor, context: usize) -> Result<Case> {
+    let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
+    let len = shape.cache_len(context);
+    let k = ex.upload(&random_halves(len, 11), "k cache")?;
+    let v = ex.upload(&random_halves(len, 12), "v cache")?;
+    let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 13), "q")?;
+    let step = ex.upload(&[0i32, context as i32 - 1][..STEP_LEN], "step")?;
+    let mut out: CudaSlice<f32> = ex.zeros(shape.n_heads * shape.head_dim, "out")?;
+    let mut attention = Attention::new(ex, shape, context)?;
+    Ok(Case {
+        name: format!("attention fp16 KV, context {context}"),
+        bytes: 2 * len * 2,
+        run: Box::new(move |ex| attention.launch(ex.stream(), &q, &k, &v, &step, &mut out)),
+    })
+}
