@@ -12,8 +12,10 @@ import fixtures
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "gpu: needs the built qwen3_rs and a CUDA device; skipped when either is missing "
-                   "(QWEN3_RS_REQUIRE_GPU=1 turns that skip into an error)")
+        "markers",
+        "gpu: needs the built qwen3_rs and a CUDA device; skipped when either is missing "
+        "(QWEN3_RS_REQUIRE_GPU=1 turns that skip into an error)",
+    )
 
 
 def gpu_unavailable_reason():

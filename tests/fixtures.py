@@ -10,6 +10,7 @@ along K).
            (q - z) * fp16 scale).
   config, generation_config: the dicts written to the json files.
 """
+
 import json
 import os
 from dataclasses import dataclass, replace
@@ -80,23 +81,65 @@ class Spec:
 # at least MIN_MARGIN (in units of the logits' std) at all GREEDY_STEPS steps; test_reference.py checks this.
 FIXTURES = {
     # Qwen3-8B's head_dim and GQA ratio (32/8), at toy width: q_proj out (1024) != hidden (256).
-    "gqa4_hd128": Spec(hidden=256, intermediate=512, layers=2, heads=8, kv_heads=2, head_dim=128, vocab=512,
-                       group=128, seed=11),
+    "gqa4_hd128": Spec(
+        hidden=256, intermediate=512, layers=2, heads=8, kv_heads=2, head_dim=128, vocab=512, group=128, seed=11
+    ),
     # Tiny q/k projections: mean(q^2) ~ 2.5e-5, so q_norm/k_norm with eps 1e-5 instead of config's 1e-6
     # changes the logits by ~30% (a known failure mode); the fp16 scales stay normal numbers.
-    "kv2": Spec(hidden=192, intermediate=384, layers=3, heads=4, kv_heads=2, head_dim=64, vocab=448, group=64,
-                seed=111, qk_std=5e-3),
+    "kv2": Spec(
+        hidden=192,
+        intermediate=384,
+        layers=3,
+        heads=4,
+        kv_heads=2,
+        head_dim=64,
+        vocab=448,
+        group=64,
+        seed=111,
+        qk_std=5e-3,
+    ),
     # No lm_head tensor: logits use embed_tokens. One KV head (MQA). A small embedding (as in real tied
     # models) keeps the token's own embedding from dominating the residual, else greedy decoding just repeats
     # the last token.
-    "tied": Spec(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=1, head_dim=64, vocab=384,
-                 group=64, seed=70, tied=True, embed_std=0.02),
+    "tied": Spec(
+        hidden=128,
+        intermediate=256,
+        layers=2,
+        heads=4,
+        kv_heads=1,
+        head_dim=64,
+        vocab=384,
+        group=64,
+        seed=70,
+        tied=True,
+        embed_std=0.02,
+    ),
     # MLP intermediate and residual stream exceed 65504 (the fp16 max) at some positions.
-    "overflow": Spec(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, head_dim=128, vocab=512,
-                     group=128, seed=5, mlp_gain=16.0),
+    "overflow": Spec(
+        hidden=256,
+        intermediate=512,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=128,
+        vocab=512,
+        group=128,
+        seed=5,
+        mlp_gain=16.0,
+    ),
     # Two safetensors shards + model.safetensors.index.json.
-    "sharded": Spec(hidden=384, intermediate=1024, layers=2, heads=8, kv_heads=4, head_dim=64, vocab=640,
-                    group=128, seed=24, shards=2),
+    "sharded": Spec(
+        hidden=384,
+        intermediate=1024,
+        layers=2,
+        heads=8,
+        kv_heads=4,
+        head_dim=64,
+        vocab=640,
+        group=128,
+        seed=24,
+        shards=2,
+    ),
 }
 GREEDY_STEPS = 32
 MIN_MARGIN = 0.04
@@ -145,8 +188,14 @@ def make_config(spec):
         "num_attention_heads": spec.heads,
         "num_hidden_layers": spec.layers,
         "num_key_value_heads": spec.kv_heads,
-        "quantization_config": {"bits": 4, "group_size": spec.group, "zero_point": True, "version": "gemm",
-                                "quant_method": "awq", "modules_to_not_convert": None},
+        "quantization_config": {
+            "bits": 4,
+            "group_size": spec.group,
+            "zero_point": True,
+            "version": "gemm",
+            "quant_method": "awq",
+            "modules_to_not_convert": None,
+        },
         "rms_norm_eps": spec.eps,
         "rope_scaling": None,
         "rope_theta": spec.rope_theta,
@@ -198,19 +247,19 @@ def make_tensors(spec):
     for i in range(spec.layers):
         p = f"model.layers.{i}."
         half(p + "input_layernorm.weight", gain(H))
-        linear(p + "self_attn.q_proj", H, qo, spec.qk_std * H ** -0.5)
-        linear(p + "self_attn.k_proj", H, kvo, spec.qk_std * H ** -0.5)
-        linear(p + "self_attn.v_proj", H, kvo, H ** -0.5)
+        linear(p + "self_attn.q_proj", H, qo, spec.qk_std * H**-0.5)
+        linear(p + "self_attn.k_proj", H, kvo, spec.qk_std * H**-0.5)
+        linear(p + "self_attn.v_proj", H, kvo, H**-0.5)
         half(p + "self_attn.q_norm.weight", gain(hd, 1.5))
         half(p + "self_attn.k_norm.weight", gain(hd, 1.5))
-        linear(p + "self_attn.o_proj", qo, H, qo ** -0.5)
+        linear(p + "self_attn.o_proj", qo, H, qo**-0.5)
         half(p + "post_attention_layernorm.weight", gain(H, g))
-        linear(p + "mlp.gate_proj", H, I, g * H ** -0.5)
-        linear(p + "mlp.up_proj", H, I, g * H ** -0.5)
-        linear(p + "mlp.down_proj", I, H, I ** -0.5)
+        linear(p + "mlp.gate_proj", H, I, g * H**-0.5)
+        linear(p + "mlp.up_proj", H, I, g * H**-0.5)
+        linear(p + "mlp.down_proj", I, H, I**-0.5)
     half("model.norm.weight", gain(H))
     if not spec.tied:
-        half("lm_head.weight", rng.standard_normal((spec.vocab, H)) * 4 * H ** -0.5)  # logits std ~4
+        half("lm_head.weight", rng.standard_normal((spec.vocab, H)) * 4 * H**-0.5)  # logits std ~4
     return tensors, truth
 
 
@@ -223,8 +272,7 @@ def write_checkpoint(path, spec, seed=None, shards=None):
     """Write the checkpoint of `spec` (a Spec or a FIXTURES name) into directory `path` (created if needed).
     `seed` / `shards` override the spec's. Returns {"weights", "config", "generation_config", "files"}."""
     spec = FIXTURES[spec] if isinstance(spec, str) else spec
-    spec = replace(spec, seed=spec.seed if seed is None else seed,
-                   shards=spec.shards if shards is None else shards)
+    spec = replace(spec, seed=spec.seed if seed is None else seed, shards=spec.shards if shards is None else shards)
     os.makedirs(path, exist_ok=True)
     tensors, weights = make_tensors(spec)
     config, gen = make_config(spec), make_generation_config(spec)

@@ -1,5 +1,6 @@
 """transformers' Qwen3ForCausalLM loaded with a fixture's dequantized weights (an unquantized model with
 the exact values the AWQ checkpoint encodes). Callers importorskip torch and transformers first."""
+
 import numpy as np
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -34,4 +35,4 @@ def hf_greedy(model, ids, n):
     seq = list(ids)
     for _ in range(n):
         seq.append(int(np.argmax(hf_logits(model, seq)[-1])))
-    return seq[len(ids):]
+    return seq[len(ids) :]

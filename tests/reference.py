@@ -4,6 +4,7 @@ semantics) and of AWQ GEMM dequantization. Shares no code with fixtures.py on pu
 Weights use the layout of fixtures.write_checkpoint: "<linear>.weight" is W [in, out] (y = x @ W);
 embed_tokens / lm_head are [vocab, hidden].
 """
+
 import numpy as np
 
 # To read column 8c + j of a packed int32, shift right by 4 * READ_NIBBLE[j] (AutoAWQ GEMM order).
@@ -38,7 +39,7 @@ def rope(x, positions, theta):
     inv_freq = float(theta) ** (-np.arange(0, d, 2, dtype=np.float64) / d)
     ang = np.asarray(positions, np.float64)[:, None] * inv_freq[None, :]
     emb = np.concatenate([ang, ang], axis=-1)[:, None, :]
-    rotated = np.concatenate([-x[..., d // 2:], x[..., : d // 2]], axis=-1)
+    rotated = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], axis=-1)
     return x * np.cos(emb) + rotated * np.sin(emb)
 
 
@@ -53,7 +54,7 @@ def attend(q, k, v):
     T, nh, d = q.shape
     S, nkv, _ = k.shape
     kv_of = np.arange(nh) // (nh // nkv)
-    scores = np.einsum("thd,shd->hts", q, k[:, kv_of]) * d ** -0.5
+    scores = np.einsum("thd,shd->hts", q, k[:, kv_of]) * d**-0.5
     qpos, kpos = np.arange(S - T, S)[:, None], np.arange(S)[None, :]
     scores = np.where(kpos <= qpos, scores, -np.inf)
     return np.einsum("hts,shd->thd", softmax(scores), v[:, kv_of]).reshape(T, nh * d)

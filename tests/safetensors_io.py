@@ -4,6 +4,7 @@ Format: 8-byte little-endian u64 header length N, then N bytes of JSON
 {"name": {"dtype": "F16", "shape": [...], "data_offsets": [start, end]}, ..., "__metadata__": {str: str}},
 then the raw little-endian tensor bytes; offsets are relative to the first byte after the header.
 """
+
 import json
 import os
 import struct
@@ -11,9 +12,18 @@ import struct
 import numpy as np
 
 DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 _NAME_OF = {np.dtype(v).newbyteorder("<"): k for k, v in DTYPES.items()}
 
@@ -60,8 +70,11 @@ def load_file(path):
         if name == "__metadata__":
             continue
         a, b = info["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype=np.dtype(DTYPES[info["dtype"]]).newbyteorder("<")).reshape(
-            info["shape"]).copy()
+        out[name] = (
+            np.frombuffer(data[a:b], dtype=np.dtype(DTYPES[info["dtype"]]).newbyteorder("<"))
+            .reshape(info["shape"])
+            .copy()
+        )
     return out
 
 

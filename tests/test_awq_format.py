@@ -2,6 +2,7 @@
 "nibble i (bits 4i..4i+3) of packed[k, c] holds column 8c + [0,2,4,6,1,3,5,7][i]".
 A writer and a reader sharing a wrong order would round-trip perfectly, so the literals below are the real
 test."""
+
 import json
 import os
 
@@ -17,8 +18,7 @@ ROW_0_TO_7 = 0x75316420
 # Columns holding 8..15: nibbles hold 8,A,C,E,9,B,D,F -> 0xFDB9ECA8, negative as int32: 0xFDB9ECA8 - 2**32.
 ROW_8_TO_15 = -38146904
 # Column j alone holding 15: column 0 -> nibble 0, 1 -> 4, 2 -> 1, 3 -> 5, 4 -> 2, 5 -> 6, 6 -> 3, 7 -> 7.
-ONE_HOT_15 = [0x0000000F, 0x000F0000, 0x000000F0, 0x00F00000, 0x00000F00, 0x0F000000, 0x0000F000,
-              0xF0000000 - 2**32]
+ONE_HOT_15 = [0x0000000F, 0x000F0000, 0x000000F0, 0x00F00000, 0x00000F00, 0x0F000000, 0x0000F000, 0xF0000000 - 2**32]
 
 
 def test_pack_literals():
@@ -79,9 +79,15 @@ def test_checkpoint_layout(tmp_path):
     tensors = load_file(str(tmp_path / "model.safetensors"))
     H, I, G = spec.hidden, spec.intermediate, spec.group
     qo, kvo = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    shapes = {"self_attn.q_proj": (H, qo), "self_attn.k_proj": (H, kvo), "self_attn.v_proj": (H, kvo),
-              "self_attn.o_proj": (qo, H), "mlp.gate_proj": (H, I), "mlp.up_proj": (H, I),
-              "mlp.down_proj": (I, H)}
+    shapes = {
+        "self_attn.q_proj": (H, qo),
+        "self_attn.k_proj": (H, kvo),
+        "self_attn.v_proj": (H, kvo),
+        "self_attn.o_proj": (qo, H),
+        "mlp.gate_proj": (H, I),
+        "mlp.up_proj": (H, I),
+        "mlp.down_proj": (I, H),
+    }
     for i in range(spec.layers):
         for mod, (k, n) in shapes.items():
             p = f"model.layers.{i}.{mod}"
@@ -91,8 +97,12 @@ def test_checkpoint_layout(tmp_path):
             assert sc.dtype == np.float16 and sc.shape == (k // G, n)
             assert p + ".bias" not in tensors
             assert np.array_equal(awq_unpack(qw, qz, sc, G), ck["weights"][p + ".weight"])
-        for norm, n in [("input_layernorm", H), ("post_attention_layernorm", H),
-                        ("self_attn.q_norm", spec.head_dim), ("self_attn.k_norm", spec.head_dim)]:
+        for norm, n in [
+            ("input_layernorm", H),
+            ("post_attention_layernorm", H),
+            ("self_attn.q_norm", spec.head_dim),
+            ("self_attn.k_norm", spec.head_dim),
+        ]:
             t = tensors[f"model.layers.{i}.{norm}.weight"]
             assert t.dtype == np.float16 and t.shape == (n,)
     assert tensors["model.embed_tokens.weight"].shape == (spec.vocab, H)
@@ -100,8 +110,14 @@ def test_checkpoint_layout(tmp_path):
     # 7 quantized linears x 3 tensors + 4 norms per layer; embed, lm_head, final norm.
     assert len(tensors) == spec.layers * (7 * 3 + 4) + 3
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["quantization_config"] == {"bits": 4, "group_size": G, "zero_point": True, "version": "gemm",
-                                          "quant_method": "awq", "modules_to_not_convert": None}
+    assert cfg["quantization_config"] == {
+        "bits": 4,
+        "group_size": G,
+        "zero_point": True,
+        "version": "gemm",
+        "quant_method": "awq",
+        "modules_to_not_convert": None,
+    }
     assert cfg["architectures"] == ["Qwen3ForCausalLM"] and cfg["model_type"] == "qwen3"
     assert cfg["head_dim"] == 128 and cfg["rope_theta"] == 1e6 and cfg["rms_norm_eps"] == 1e-6
     gen = json.loads((tmp_path / "generation_config.json").read_text())

@@ -14,6 +14,7 @@ Error budget for engine.logits, per position (normalized error = ||engine - ref|
 Greedy decoding must then match exactly: test_reference.py checks that every fixture's greedy steps have a
 top-2 margin >= 0.04 std > 2 x 1.5e-2 std, so an engine within budget cannot flip a token.
 """
+
 import json
 import os
 import shutil
@@ -61,8 +62,10 @@ def check_logits(got, ref):
     assert np.isfinite(got).all()
     norm_err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
     max_err = np.abs(got - ref).max(axis=1) / ref.std(axis=1)
-    worst = f"normalized error {norm_err.max():.2e} at pos {norm_err.argmax()}, " \
-            f"max error {max_err.max():.2e} std at pos {max_err.argmax()}"
+    worst = (
+        f"normalized error {norm_err.max():.2e} at pos {norm_err.argmax()}, "
+        f"max error {max_err.max():.2e} std at pos {max_err.argmax()}"
+    )
     assert norm_err.max() <= NORM_ERR_BUDGET, worst
     assert max_err.max() <= MAX_ERR_BUDGET, worst
 
@@ -153,8 +156,15 @@ def test_engine_config(engine_for, make_model, name):
     _, _, cfg = make_model(name)
     got = engine_for(name).config
     assert isinstance(got, dict)
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "vocab_size"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+    ):
         assert got[key] == cfg[key], key
 
 

@@ -7,6 +7,7 @@ of K fp32 terms t_k has error ~0.4 U sqrt(K) ||t||_2 when summed sequentially (l
 below what a kernel rounding activations or dequantized weights to fp16 (relative 2^-11 per term,
 ~2.8e-4 ||t||) would produce.
 """
+
 import zlib
 
 import numpy as np
@@ -15,8 +16,8 @@ from fixtures import awq_pack
 from reference import awq_unpack, rope, silu
 
 pytestmark = pytest.mark.gpu
-U = 2.0 ** -24
-F16_HALF_ULP = 2.0 ** -11  # relative rounding error of fp16 (normal range)
+U = 2.0**-24
+F16_HALF_ULP = 2.0**-11  # relative rounding error of fp16 (normal range)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,10 @@ def assert_within(got, ref, tol, what=""):
     assert np.isfinite(got).all(), f"{what}: non-finite output"
     err = np.abs(got.astype(np.float64) - ref)
     bad = err > tol
-    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} outside tolerance; worst err/tol "
-                           f"{(err / np.maximum(tol, 1e-300)).max():.3g}, max err {err.max():.3g}")
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} of {bad.size} outside tolerance; worst err/tol "
+        f"{(err / np.maximum(tol, 1e-300)).max():.3g}, max err {err.max():.3g}"
+    )
 
 
 def random_awq(rng, K, N, G):
@@ -77,7 +80,7 @@ def test_rms_norm(ops, rng, H, mag, eps):
     x = (rng.standard_normal(H) * mag).astype(np.float32)
     w = (1 + 0.2 * rng.standard_normal(H)).astype(np.float16)
     x64 = x.astype(np.float64)
-    ref = x64 / np.sqrt(np.mean(x64 ** 2) + eps) * w.astype(np.float64)
+    ref = x64 / np.sqrt(np.mean(x64**2) + eps) * w.astype(np.float64)
     assert_within(ops.rms_norm(x, w, eps), ref, 1e-5 * np.abs(ref) + 1e-30, f"H={H} mag={mag}")
 
 
@@ -103,7 +106,7 @@ def test_awq_gemv(ops, rng, K, N, G, mag):
     (qw, qz, s), W = random_awq(rng, K, N, G)
     x = (rng.standard_normal(K) * mag).astype(np.float32)
     ref = x.astype(np.float64) @ W
-    tol = dot_tol(x, lambda x2: x2 @ W ** 2, K)
+    tol = dot_tol(x, lambda x2: x2 @ W**2, K)
     assert_within(ops.awq_gemv(x, qw, qz, s, G), ref, tol, f"{K}x{N} g{G} mag={mag}")
 
 
@@ -116,7 +119,7 @@ def test_awq_gemv_residual(ops, rng, K, N, G, mag):
     residual = (rng.standard_normal(N) * mag * 10).astype(np.float32)
     xw = x.astype(np.float64) @ W
     ref = residual.astype(np.float64) + xw
-    tol = dot_tol(x, lambda x2: x2 @ W ** 2, K) + 2 * U * (np.abs(residual) + np.abs(xw))
+    tol = dot_tol(x, lambda x2: x2 @ W**2, K) + 2 * U * (np.abs(residual) + np.abs(xw))
     assert_within(ops.awq_gemv_residual(x, qw, qz, s, G, residual), ref, tol, f"{K}x{N} mag={mag}")
 
 
@@ -132,7 +135,7 @@ def test_awq_gate_up(ops, rng, K, N, G, mag):
     x = (rng.standard_normal(K) * mag).astype(np.float32)
     g, u = x.astype(np.float64) @ Wg, x.astype(np.float64) @ Wu
     ref = silu(g) * u
-    eg, eu = dot_tol(x, lambda x2: x2 @ Wg ** 2, K), dot_tol(x, lambda x2: x2 @ Wu ** 2, K)
+    eg, eu = dot_tol(x, lambda x2: x2 @ Wg**2, K), dot_tol(x, lambda x2: x2 @ Wu**2, K)
     tol = 1.1 * eg * np.abs(u) + np.abs(silu(g)) * eu + 1e-5 * np.abs(ref) + 1e-30
     if mag > 1:
         assert np.abs(ref).max() > 65504
@@ -142,22 +145,24 @@ def test_awq_gate_up(ops, rng, K, N, G, mag):
 def random_half(rng, shape, std):
     out = np.empty(shape, np.float16)
     for i in range(0, shape[0], 8192):  # chunks keep the float32 temporary small for the lm_head shape
-        out[i:i + 8192] = rng.standard_normal((min(8192, shape[0] - i), shape[1]), dtype=np.float32) * std
+        out[i : i + 8192] = rng.standard_normal((min(8192, shape[0] - i), shape[1]), dtype=np.float32) * std
     return out
 
 
 # ---- half_gemv: y = weight @ x with the fp16 [N, K] lm_head layout; fp32 dot product bound as above.
-@pytest.mark.parametrize("N,K,mag", [(151936, 4096, 1.0), (512, 256, 1.0), (640, 384, 1.0), (384, 128, 1.0),
-                                     (512, 256, 1e5), (4096, 4096, 1e5)])
+@pytest.mark.parametrize(
+    "N,K,mag",
+    [(151936, 4096, 1.0), (512, 256, 1.0), (640, 384, 1.0), (384, 128, 1.0), (512, 256, 1e5), (4096, 4096, 1e5)],
+)
 def test_half_gemv(ops, rng, N, K, mag):
     weight = random_half(rng, (N, K), 0.05)
     x = (rng.standard_normal(K) * mag).astype(np.float32)
     x64 = x.astype(np.float64)
     ref, tol = np.empty(N), np.empty(N)
     for i in range(0, N, 8192):
-        w = weight[i:i + 8192].astype(np.float64)
-        ref[i:i + 8192] = w @ x64
-        tol[i:i + 8192] = 16 * U * np.sqrt(K) * np.sqrt(w ** 2 @ x64 ** 2)
+        w = weight[i : i + 8192].astype(np.float64)
+        ref[i : i + 8192] = w @ x64
+        tol[i : i + 8192] = 16 * U * np.sqrt(K) * np.sqrt(w**2 @ x64**2)
     assert_within(ops.half_gemv(x, weight), ref, tol, f"{N}x{K} mag={mag}")
 
 
@@ -173,9 +178,9 @@ QK_SHAPES = [(32, 8, 128), (8, 2, 128), (4, 2, 64), (4, 1, 64), (8, 4, 64)]
 
 def norm_rope_ref(x, w, n, hd, pos, theta, eps):
     x = x.astype(np.float64).reshape(n, hd)
-    xn = x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * w.astype(np.float64)
+    xn = x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + eps) * w.astype(np.float64)
     out = rope(xn[None], [pos], theta)[0]
-    pair = np.sqrt(xn[:, : hd // 2] ** 2 + xn[:, hd // 2:] ** 2)  # the rotation keeps each pair's length
+    pair = np.sqrt(xn[:, : hd // 2] ** 2 + xn[:, hd // 2 :] ** 2)  # the rotation keeps each pair's length
     return out.reshape(-1), np.concatenate([pair, pair], axis=-1).reshape(-1)
 
 
@@ -188,14 +193,14 @@ def test_qk_norm_rope(ops, rng, nh, nkv, hd, pos):
     k_norm = (1 + 0.3 * rng.standard_normal(hd)).astype(np.float16)
     q, k, v = ops.qk_norm_rope(qkv, q_norm, k_norm, nh, nkv, hd, pos, theta, eps)
     q_ref, q_pair = norm_rope_ref(qkv[: nh * hd], q_norm, nh, hd, pos, theta, eps)
-    k_ref, k_pair = norm_rope_ref(qkv[nh * hd:(nh + nkv) * hd], k_norm, nkv, hd, pos, theta, eps)
+    k_ref, k_pair = norm_rope_ref(qkv[nh * hd : (nh + nkv) * hd], k_norm, nkv, hd, pos, theta, eps)
     angle_tol = 1e-5 + 8 * U * pos
     assert_within(q, q_ref, q_pair * angle_tol, "q")
     k_tol = k_pair * angle_tol
-    assert_within(k, k_ref, k_tol + F16_HALF_ULP * (np.abs(k_ref) + k_tol) + 2.0 ** -25, "k")
+    assert_within(k, k_ref, k_tol + F16_HALF_ULP * (np.abs(k_ref) + k_tol) + 2.0**-25, "k")
     k = np.asarray(k)
     assert np.array_equal(k, k.astype(np.float16).astype(np.float32)), "k must hold fp16 values"
-    v_ref = qkv[(nh + nkv) * hd:].astype(np.float16).astype(np.float32)
+    v_ref = qkv[(nh + nkv) * hd :].astype(np.float16).astype(np.float32)
     assert np.asarray(v).dtype == np.float32 and np.array_equal(v, v_ref), "v must be exactly float16(v)"
 
 
@@ -205,12 +210,12 @@ def attention_ref(q, k_cache, v_cache, nh):
     q = q.astype(np.float64).reshape(nh, hd)
     k, v = k_cache.astype(np.float64), v_cache.astype(np.float64)
     kv_of = np.arange(nh) // (nh // nkv)
-    s = np.einsum("hd,htd->ht", q, k[kv_of]) * hd ** -0.5
+    s = np.einsum("hd,htd->ht", q, k[kv_of]) * hd**-0.5
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     out = np.einsum("ht,htd->hd", p, v[kv_of])
     # Score error of an fp32 dot product over hd terms (module doc), plus the scaling multiply.
-    ds = 16 * U * np.sqrt(hd) * np.sqrt(np.einsum("hd,htd->ht", q ** 2, k[kv_of] ** 2)) * hd ** -0.5
+    ds = 16 * U * np.sqrt(hd) * np.sqrt(np.einsum("hd,htd->ht", q**2, k[kv_of] ** 2)) * hd**-0.5
     ds += 4 * U * np.abs(s)
     weighted_abs_v = np.einsum("ht,htd->hd", p, np.abs(v[kv_of]))
     return out.reshape(-1), ds.max(axis=1)[:, None], weighted_abs_v
@@ -256,7 +261,7 @@ def test_attention_needle(ops, rng, needle):
     group = nh // nkv
     for j in range(nkv):
         # score ~ 4 (|q_h|^2 + cross terms) / sqrt(hd) in ~[30, 60] against ~N(0, 1) elsewhere: weight ~ 1
-        k_cache[j, needle] = (q.reshape(nh, hd)[j * group:(j + 1) * group].sum(0) * 4).astype(np.float16)
+        k_cache[j, needle] = (q.reshape(nh, hd)[j * group : (j + 1) * group].sum(0) * 4).astype(np.float16)
     out_ref = attention_ref(q, k_cache, v_cache, nh)[0].reshape(nh, hd)
     assert np.abs(out_ref - v_cache[np.arange(nh) // group, needle].astype(np.float64)).max() < 1e-2
     check_attention(ops, q, k_cache, v_cache, nh, f"needle at {needle}")

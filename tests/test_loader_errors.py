@@ -1,6 +1,7 @@
 """Broken checkpoints are rejected with a precise exception before any GPU is touched (these run on CPU-only
 machines): qwen3_rs.errors.ModelNotFoundError (a FileNotFoundError) for missing files, ModelFormatError (a
 ValueError) for bad contents, each message naming the file, tensor or field at fault."""
+
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ def test_exception_hierarchy():
 @pytest.fixture
 def broken(make_model, tmp_path):
     """broken(name) -> path of a fresh, writable copy of fixture `name`."""
+
     def copy(name="gqa4_hd128"):
         dst = str(tmp_path / "ckpt")
         shutil.copytree(make_model(name)[0], dst)
@@ -75,18 +77,20 @@ def test_missing_shard(broken):
     expect(errors.ModelNotFoundError, path, shard_file_name(1, 2))
 
 
-@pytest.mark.parametrize("field,edit,words", [
-    ("hidden_size", lambda c: c.pop("hidden_size"), ["hidden_size"]),
-    ("bits", lambda c: c["quantization_config"].update(bits=8), ["bits"]),
-    # 96 divides neither hidden 256 nor intermediate 512
-    ("group_size", lambda c: c["quantization_config"].update(group_size=96), ["group_size"]),
-    ("quant_method", lambda c: c["quantization_config"].update(quant_method="gptq"),
-     ["quant_method", "gptq"]),
-    # AutoAWQ "gemv" checkpoints pack nibbles differently: reading them as gemm would give garbage
-    ("version", lambda c: c["quantization_config"].update(version="gemv"), ["version", "gemv"]),
-    ("zero_point", lambda c: c["quantization_config"].update(zero_point=False), ["zero_point"]),
-    ("hidden_size_type", lambda c: c.update(hidden_size="256"), ["hidden_size"]),
-])
+@pytest.mark.parametrize(
+    "field,edit,words",
+    [
+        ("hidden_size", lambda c: c.pop("hidden_size"), ["hidden_size"]),
+        ("bits", lambda c: c["quantization_config"].update(bits=8), ["bits"]),
+        # 96 divides neither hidden 256 nor intermediate 512
+        ("group_size", lambda c: c["quantization_config"].update(group_size=96), ["group_size"]),
+        ("quant_method", lambda c: c["quantization_config"].update(quant_method="gptq"), ["quant_method", "gptq"]),
+        # AutoAWQ "gemv" checkpoints pack nibbles differently: reading them as gemm would give garbage
+        ("version", lambda c: c["quantization_config"].update(version="gemv"), ["version", "gemv"]),
+        ("zero_point", lambda c: c["quantization_config"].update(zero_point=False), ["zero_point"]),
+        ("hidden_size_type", lambda c: c.update(hidden_size="256"), ["hidden_size"]),
+    ],
+)
 def test_bad_config(broken, field, edit, words):
     path = broken()
     edit_json(path, "config.json", edit)
@@ -100,25 +104,36 @@ def test_config_not_json(broken):
     expect(errors.ModelFormatError, path, "config.json")
 
 
-@pytest.mark.parametrize("name,edit", [
-    ("model.layers.1.mlp.up_proj.qweight", lambda t, n: t.update({n: t[n][:, :-1].copy()})),  # shape
-    ("model.layers.0.self_attn.o_proj.qzeros", lambda t, n: t.update({n: t[n][:1].copy()})),  # shape
-    ("model.layers.0.self_attn.q_proj.scales", lambda t, n: t.update({n: t[n].astype(np.float32)})),  # dtype
-    ("model.layers.1.mlp.down_proj.qweight", lambda t, n: t.update({n: t[n].view(np.uint32)})),  # dtype
-    ("model.norm.weight", lambda t, n: t.update({n: t[n][:-32].copy()})),  # shape
-    ("model.layers.1.self_attn.k_norm.weight", lambda t, n: t.pop(n)),  # missing
-    ("lm_head.weight", lambda t, n: t.pop(n)),  # missing though tie_word_embeddings is false
-    ("model.embed_tokens.weight", lambda t, n: t.pop(n)),  # missing
-], ids=["qweight_shape", "qzeros_shape", "scales_dtype", "qweight_dtype", "norm_shape", "missing_k_norm",
-        "missing_lm_head", "missing_embed"])
+@pytest.mark.parametrize(
+    "name,edit",
+    [
+        ("model.layers.1.mlp.up_proj.qweight", lambda t, n: t.update({n: t[n][:, :-1].copy()})),  # shape
+        ("model.layers.0.self_attn.o_proj.qzeros", lambda t, n: t.update({n: t[n][:1].copy()})),  # shape
+        ("model.layers.0.self_attn.q_proj.scales", lambda t, n: t.update({n: t[n].astype(np.float32)})),  # dtype
+        ("model.layers.1.mlp.down_proj.qweight", lambda t, n: t.update({n: t[n].view(np.uint32)})),  # dtype
+        ("model.norm.weight", lambda t, n: t.update({n: t[n][:-32].copy()})),  # shape
+        ("model.layers.1.self_attn.k_norm.weight", lambda t, n: t.pop(n)),  # missing
+        ("lm_head.weight", lambda t, n: t.pop(n)),  # missing though tie_word_embeddings is false
+        ("model.embed_tokens.weight", lambda t, n: t.pop(n)),  # missing
+    ],
+    ids=[
+        "qweight_shape",
+        "qzeros_shape",
+        "scales_dtype",
+        "qweight_dtype",
+        "norm_shape",
+        "missing_k_norm",
+        "missing_lm_head",
+        "missing_embed",
+    ],
+)
 def test_bad_tensor(broken, name, edit):
     path = broken()
     edit_tensors(path, "model.safetensors", lambda t: edit(t, name))
     expect(errors.ModelFormatError, path, name)
 
 
-@pytest.mark.parametrize("fixture,fname", [("gqa4_hd128", "model.safetensors"),
-                                           ("sharded", shard_file_name(1, 2))])
+@pytest.mark.parametrize("fixture,fname", [("gqa4_hd128", "model.safetensors"), ("sharded", shard_file_name(1, 2))])
 def test_truncated_file(broken, fixture, fname):
     path = broken(fixture)
     p = os.path.join(path, fname)

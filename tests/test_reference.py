@@ -1,4 +1,5 @@
 """Sanity of the NumPy reference and of the fixtures it is run on (CPU only)."""
+
 import numpy as np
 import pytest
 from fixtures import (

@@ -1,8 +1,8 @@
 """qwen3_rs: fast Qwen3 AWQ 4-bit inference on NVIDIA GPUs, with a Rust core and its own kernels.
 
-    >>> from qwen3_rs import Qwen3Engine
-    >>> engine = Qwen3Engine("path/to/Qwen3-8B-AWQ")
-    >>> engine.generate([9707, 11, 1879], max_new_tokens=20)
+>>> from qwen3_rs import Qwen3Engine
+>>> engine = Qwen3Engine("path/to/Qwen3-8B-AWQ")
+>>> engine.generate([9707, 11, 1879], max_new_tokens=20)
 """
 
 import glob

@@ -15,14 +15,32 @@ import time
 import numpy as np
 
 QWEN3_8B_AWQ = {
-    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
-    "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 128, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
-    "vocab_size": 151936, "max_position_embeddings": 40960, "tie_word_embeddings": False,
-    "attention_bias": False, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rope_theta": 1000000,
+    "rms_norm_eps": 1e-6,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
     "torch_dtype": "float16",
-    "quantization_config": {"bits": 4, "group_size": 128, "zero_point": True, "version": "gemm",
-                            "quant_method": "awq", "modules_to_not_convert": None},
+    "quantization_config": {
+        "bits": 4,
+        "group_size": 128,
+        "zero_point": True,
+        "version": "gemm",
+        "quant_method": "awq",
+        "modules_to_not_convert": None,
+    },
 }
 
 
@@ -54,8 +72,10 @@ def write_random_checkpoint(path: str, config: dict = QWEN3_8B_AWQ, seed: int = 
     def f16(shape, std):
         return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float16)
 
+    def words(*shape):
+        return rng.integers(0, 2**32, size=shape, dtype=np.uint32).view(np.int32)
+
     def awq(k, n):
-        words = lambda *s: rng.integers(0, 2**32, size=s, dtype=np.uint32).view(np.int32)  # noqa: E731
         scales = (rng.random((k // g, n), dtype=np.float32) * 0.5 + 0.75) / (6.0 * np.sqrt(k))
         return {"qweight": words(k, n // 8), "qzeros": words(k // g, n // 8), "scales": scales.astype(np.float16)}
 
@@ -67,18 +87,29 @@ def write_random_checkpoint(path: str, config: dict = QWEN3_8B_AWQ, seed: int = 
         weight_map.update({t: name for t in tensors})
         total += sum(a.nbytes for a in tensors.values())
 
-    shard("embed.safetensors", {
-        "model.embed_tokens.weight": f16((config["vocab_size"], h), 1.0),
-        "lm_head.weight": f16((config["vocab_size"], h), 1.0 / np.sqrt(h)),
-        "model.norm.weight": np.ones(h, np.float16),
-    })
-    linears = [("self_attn.q_proj", h, q_dim), ("self_attn.k_proj", h, kv_dim), ("self_attn.v_proj", h, kv_dim),
-               ("self_attn.o_proj", q_dim, h), ("mlp.gate_proj", h, inter), ("mlp.up_proj", h, inter),
-               ("mlp.down_proj", inter, h)]
+    shard(
+        "embed.safetensors",
+        {
+            "model.embed_tokens.weight": f16((config["vocab_size"], h), 1.0),
+            "lm_head.weight": f16((config["vocab_size"], h), 1.0 / np.sqrt(h)),
+            "model.norm.weight": np.ones(h, np.float16),
+        },
+    )
+    linears = [
+        ("self_attn.q_proj", h, q_dim),
+        ("self_attn.k_proj", h, kv_dim),
+        ("self_attn.v_proj", h, kv_dim),
+        ("self_attn.o_proj", q_dim, h),
+        ("mlp.gate_proj", h, inter),
+        ("mlp.up_proj", h, inter),
+        ("mlp.down_proj", inter, h),
+    ]
     for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}"
         tensors = {f"{p}.{n}.weight": np.ones(h, np.float16) for n in ("input_layernorm", "post_attention_layernorm")}
-        tensors.update({f"{p}.self_attn.{n}.weight": np.ones(config["head_dim"], np.float16) for n in ("q_norm", "k_norm")})
+        tensors.update(
+            {f"{p}.self_attn.{n}.weight": np.ones(config["head_dim"], np.float16) for n in ("q_norm", "k_norm")}
+        )
         for name, k, n in linears:
             tensors.update({f"{p}.{name}.{t}": a for t, a in awq(k, n).items()})
         shard(f"layer{layer:03d}.safetensors", tensors)
@@ -100,8 +131,14 @@ def decode_bytes_per_token(config: dict, context: int) -> int:
     return layers * (awq + kv + 4 * h + 4 * config["head_dim"]) + config["vocab_size"] * h * 2 + 2 * h
 
 
-def run(model: str | None = None, contexts=(128, 1024, 4096, 16384), steps: int = 64, device: int = 0,
-        cuda_graphs: bool = True, log=print) -> dict:
+def run(
+    model: str | None = None,
+    contexts=(128, 1024, 4096, 16384),
+    steps: int = 64,
+    device: int = 0,
+    cuda_graphs: bool = True,
+    log=print,
+) -> dict:
     """Decode tok/s at each context, the bandwidth floor from the copy bandwidth measured in the
     same run, and their ratio. Writes a random Qwen3-8B-shaped checkpoint when `model` is None."""
     from . import Qwen3Engine, copy_bandwidth
@@ -125,10 +162,19 @@ def run(model: str | None = None, contexts=(128, 1024, 4096, 16384), steps: int 
         for ctx in contexts:
             secs = engine.time_decode(ctx, steps)
             floor = decode_bytes_per_token(config, ctx) / bw
-            rows.append({"context": ctx, "ms_per_token": secs * 1e3, "tok_per_s": 1 / secs,
-                         "floor_ms": floor * 1e3, "ratio": floor / secs})
-            log(f"{ctx:>8} {secs * 1e3:>9.3f} {1 / secs:>8.1f} {floor * 1e3:>9.3f} {1 / floor:>11.1f} "
-                f"{100 * floor / secs:>9.1f}%")
+            rows.append(
+                {
+                    "context": ctx,
+                    "ms_per_token": secs * 1e3,
+                    "tok_per_s": 1 / secs,
+                    "floor_ms": floor * 1e3,
+                    "ratio": floor / secs,
+                }
+            )
+            log(
+                f"{ctx:>8} {secs * 1e3:>9.3f} {1 / secs:>8.1f} {floor * 1e3:>9.3f} {1 / floor:>11.1f} "
+                f"{100 * floor / secs:>9.1f}%"
+            )
         return {"copy_bandwidth": bw, "rows": rows}
     finally:
         if tmp is not None:
@@ -148,9 +194,13 @@ def torch_peers(device: int = 0, log=print) -> list[dict]:
         log("torch sees no CUDA device: peer GEMV timings skipped")
         return []
     dev = torch.device("cuda", device)
-    shapes = [("qkv 4096->6144", 4096, 6144), ("o 4096->4096", 4096, 4096),
-              ("gate_up 4096->24576", 4096, 24576), ("down 12288->4096", 12288, 4096),
-              ("lm_head 4096->151936", 4096, 151936)]
+    shapes = [
+        ("qkv 4096->6144", 4096, 6144),
+        ("o 4096->4096", 4096, 4096),
+        ("gate_up 4096->24576", 4096, 24576),
+        ("down 12288->4096", 12288, 4096),
+        ("lm_head 4096->151936", 4096, 151936),
+    ]
 
     def timed(fn, iters=200):
         fn()
@@ -166,8 +216,7 @@ def torch_peers(device: int = 0, log=print) -> list[dict]:
     for name, k, n in shapes:
         w = torch.randn(n, k, device=dev, dtype=torch.float16)
         x16 = torch.randn(1, k, device=dev, dtype=torch.float16)
-        row = {"shape": name, "fp16_linear_us": timed(lambda: F.linear(x16, w)) * 1e6,
-               "fp16_bytes": n * k * 2}
+        row = {"shape": name, "fp16_linear_us": timed(lambda: F.linear(x16, w)) * 1e6, "fp16_bytes": n * k * 2}
         try:
             wq = torch.randint(0, 16, (n, k), device=dev, dtype=torch.int32)
             packed = torch._convert_weight_to_int4pack((wq[:, ::2] << 4 | wq[:, 1::2]).to(torch.uint8), 8)
@@ -178,10 +227,11 @@ def torch_peers(device: int = 0, log=print) -> list[dict]:
         except Exception as e:  # the private op's signature moves between torch versions
             row["int4pack_error"] = f"{type(e).__name__}: {e}"
         out.append(row)
-        del w
     for r in out:
-        msg = f"torch {r['shape']:<22} fp16 F.linear {r['fp16_linear_us']:8.1f} us " \
-              f"({r['fp16_bytes'] / r['fp16_linear_us'] / 1e3:6.0f} GB/s)"
+        msg = (
+            f"torch {r['shape']:<22} fp16 F.linear {r['fp16_linear_us']:8.1f} us "
+            f"({r['fp16_bytes'] / r['fp16_linear_us'] / 1e3:6.0f} GB/s)"
+        )
         if "int4pack_us" in r:
             msg += f"   int4pack_mm {r['int4pack_us']:8.1f} us ({r['int4_bytes'] / r['int4pack_us'] / 1e3:6.0f} GB/s)"
         else:
