@@ -31,11 +31,13 @@ fn random_floats(n: usize, seed: u64) -> Vec<f32> {
     random_halves(n, seed).into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect()
 }
 
+type Launch = Box<dyn FnMut(&Executor) -> Result<()>>;
+
 /// One launch to time, with the bytes it must move.
 pub struct Case {
     pub name: String,
     pub bytes: usize,
-    run: Box<dyn FnMut(&Executor) -> Result<()>>,
+    run: Launch,
 }
 
 impl Case {
@@ -48,30 +50,35 @@ impl Case {
 /// fused), and the fp16 lm_head.
 pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     let shapes = [
-        ("qkv_proj 4096->6144", 4096, 6144, Epilogue::Store),
-        ("o_proj 4096->4096", 4096, 4096, Epilogue::AddTo),
-        ("gate_up_proj 4096->2x12288", 4096, 12288, Epilogue::SiluMul),
-        ("down_proj 12288->4096", 12288, 4096, Epilogue::AddTo),
+        ("qkv_proj 4096->6144 +norm", 4096, 6144, Epilogue::Store, true),
+        ("o_proj 4096->4096 +residual", 4096, 4096, Epilogue::AddTo, false),
+        ("gate_up_proj 4096->2x12288 +norm", 4096, 12288, Epilogue::SiluMul, true),
+        ("down_proj 12288->4096 +residual", 12288, 4096, Epilogue::AddTo, false),
     ];
     let group = 128;
     let mut cases = Vec::new();
-    for (i, (name, k, n, epilogue)) in shapes.into_iter().enumerate() {
+    for (i, (name, k, n, epilogue, norm)) in shapes.into_iter().enumerate() {
         let rows = if epilogue == Epilogue::SiluMul { 2 * n } else { n };
         let mut w = AwqLinear::alloc(ex, k, rows, group, name)?;
         let seed = 1000 + i as u64;
         w.weight = ex.upload(&random_words(rows * k / 8, seed), name)?;
         w.scales = ex.upload(&random_halves(rows * k / group, seed + 1), name)?;
-        let zeros: Vec<u8> =
-            random_words(rows * k / group, seed + 2).into_iter().map(|z| (z & 15) as u8).collect();
+        let zeros: Vec<u64> = random_words(rows / 16 * (k / group) * 2, seed + 2)
+            .chunks_exact(2)
+            .map(|p| p[0] as u64 | (p[1] as u64) << 32)
+            .collect();
         w.zeros = ex.upload(&zeros, name)?;
+        let norm_weight = ex.upload(&random_halves(k, seed + 4), "norm")?;
         let x = ex.upload(&random_floats(k, seed + 3), "x")?;
         let mut y: CudaSlice<f32> = ex.zeros(n, "y")?;
-        let gemv = AwqGemv::new(ex, k, n, group, epilogue)?;
+        let gemv = AwqGemv::new(ex, k, n, group, epilogue, norm)?;
         let bytes = AwqLinear::device_bytes(k, rows, group);
         cases.push(Case {
             name: name.into(),
             bytes,
-            run: Box::new(move |ex| gemv.launch(ex.stream(), &x, &w, &mut y)),
+            run: Box::new(move |ex| {
+                gemv.launch(ex.stream(), &x, norm.then_some((&norm_weight, 1e-6)), &w, &mut y)
+            }),
         });
     }
     let (k, n) = (4096, 151936);

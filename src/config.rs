@@ -131,8 +131,7 @@ impl Qwen3Config {
             return bad(format!("vocab_size {} is too large", self.vocab_size));
         }
         let g = self.quantization.group_size;
-        // Every quantized linear's input dimension must split into whole groups, and the kernels
-        // read 32 input values per lane, so groups are whole multiples of 32.
+        // Every quantized linear's input dimension must split into whole groups.
         for (name, k) in [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -142,14 +141,14 @@ impl Qwen3Config {
                 return bad(format!("quantization_config.group_size {g} does not divide {name} ({k})"));
             }
         }
-        // Output dimensions are packed 8 per int32.
+        // Output dimensions form 16-row tensor-core tiles (and AWQ packs 8 per int32).
         for (name, n) in [
             ("intermediate_size", self.intermediate_size),
             ("num_key_value_heads * head_dim", self.kv_dim()),
             ("hidden_size", self.hidden_size),
         ] {
-            if n % 8 != 0 {
-                return bad(format!("{name} ({n}) is not a multiple of 8 (AWQ packing)"));
+            if n % 16 != 0 {
+                return bad(format!("{name} ({n}) is not a multiple of 16"));
             }
         }
         Ok(())
@@ -198,10 +197,11 @@ fn awq_config(path: &Path, q: Option<&Value>) -> Result<AwqConfig> {
         return Err(Error::format(path, format!("{} is {bits}; only 4-bit AWQ is supported", field("bits"))));
     }
     let group_size = f.usize("group_size").or_else(|_| f.usize("q_group_size"))?;
-    if group_size == 0 || group_size % 32 != 0 {
+    // The GEMV's tensor-core tiles span 64 inputs, so groups are whole multiples of 64.
+    if group_size == 0 || group_size % 64 != 0 {
         return Err(Error::format(
             path,
-            format!("{} is {group_size}; a positive multiple of 32 is required", field("group_size")),
+            format!("{} is {group_size}; a positive multiple of 64 is supported", field("group_size")),
         ));
     }
     if q.get("zero_point").and_then(Value::as_bool) == Some(false) {
@@ -337,8 +337,8 @@ mod tests {
     fn group_must_divide_dimensions() {
         let e = err_of(|v| v["intermediate_size"] = json!(12288 + 64));
         assert!(e.contains("does not divide intermediate_size"), "{e}");
-        let e = err_of(|v| v["quantization_config"]["group_size"] = json!(48));
-        assert!(e.contains("group_size is 48"), "{e}");
+        let e = err_of(|v| v["quantization_config"]["group_size"] = json!(32));
+        assert!(e.contains("group_size is 32"), "{e}");
     }
 
     #[test]

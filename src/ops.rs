@@ -5,7 +5,7 @@ use crate::cuda::executor::Executor;
 use crate::cuda::kernel::Epilogue;
 use crate::cuda::launch::{self, HeadShape, STEP_LEN};
 use crate::error::{ensure, Result};
-use crate::model::awq_linear::AwqLinear;
+use crate::model::awq_linear::{AwqLinear, Stacking};
 
 /// One AutoAWQ linear as stored in a checkpoint: qweight [k][n/8], qzeros [k/g][n/8], scales [k/g][n].
 pub struct AwqHost<'a> {
@@ -36,7 +36,9 @@ pub fn rms_norm(ex: &Executor, x: &[f32], weight: &[u16], eps: f32) -> Result<Ve
     ex.download(&out)
 }
 
-/// y = x W (`Store`), residual + x W (`AddTo`), or silu(x W_0) * (x W_1) (`SiluMul`, two linears).
+/// y = x W (`Store`), residual + x W (`AddTo`), or silu(x W_0) * (x W_1) (`SiluMul`, two
+/// linears); with `norm` (weight, eps), x is RMS-normalized first.
+#[allow(clippy::too_many_arguments)]
 pub fn awq_gemv(
     ex: &Executor,
     x: &[f32],
@@ -45,6 +47,7 @@ pub fn awq_gemv(
     group: usize,
     epilogue: Epilogue,
     residual: Option<&[f32]>,
+    norm: Option<(&[u16], f32)>,
 ) -> Result<Vec<f32>> {
     let k = x.len();
     let parts = if epilogue == Epilogue::SiluMul { 2 } else { 1 };
@@ -52,8 +55,12 @@ pub fn awq_gemv(
         format!("{epilogue:?} takes {parts} linear(s), got {}", linears.len())
     })?;
     ensure(
-        group >= 32 && group.is_multiple_of(32) && k.is_multiple_of(group) && n.is_multiple_of(8),
-        || format!("unsupported shape k {k}, n {n}, group {group}"),
+        group >= 64 && group.is_multiple_of(64) && k.is_multiple_of(group) && n.is_multiple_of(16),
+        || {
+            format!(
+            "unsupported shape k {k}, n {n}, group {group} (group a multiple of 64 dividing k, n % 16 == 0)"
+        )
+        },
     )?;
     for l in linears {
         ensure(
@@ -63,10 +70,9 @@ pub fn awq_gemv(
             || format!("AWQ tensors do not match k {k}, n {n}, group {group}"),
         )?;
     }
-    let mut w = AwqLinear::alloc(ex, k, parts * n, group, "weight")?;
-    for (i, l) in linears.iter().enumerate() {
-        w.repack(ex, l.qweight, l.qzeros, l.scales, n, i * n)?;
-    }
+    let host: Vec<_> = linears.iter().map(|l| (l.qweight, l.qzeros, l.scales, n)).collect();
+    let stacking = if epilogue == Epilogue::SiluMul { Stacking::Interleave } else { Stacking::Concat };
+    let w = AwqLinear::from_parts(ex, &host, k, group, stacking, "weight")?;
     let xd = ex.upload(x, "x")?;
     let mut y = match residual {
         Some(r) => {
@@ -75,7 +81,15 @@ pub fn awq_gemv(
         }
         None => ex.zeros(n, "y")?,
     };
-    launch::AwqGemv::new(ex, k, n, group, epilogue)?.launch(ex.stream(), &xd, &w, &mut y)?;
+    let norm_dev = match norm {
+        Some((wn, eps)) => {
+            ensure(wn.len() == k, || format!("norm weight has {} values, not {k}", wn.len()))?;
+            Some((ex.upload(wn, "norm weight")?, eps))
+        }
+        None => None,
+    };
+    let gemv = launch::AwqGemv::new(ex, k, n, group, epilogue, norm.is_some())?;
+    gemv.launch(ex.stream(), &xd, norm_dev.as_ref().map(|(w, e)| (w, *e)), &w, &mut y)?;
     ex.download(&y)
 }
 

@@ -281,6 +281,11 @@ fn rms_norm<'py>(
     Ok(out(py, detached(py, move || ops::rms_norm(&*executor_for(device)?, &x, &w, eps))?))
 }
 
+/// The optional fused RMSNorm of the GEMV test entry points.
+fn norm(weight: &Option<Vec<u16>>, eps: f32) -> Option<(&[u16], f32)> {
+    weight.as_deref().map(|w| (w, eps))
+}
+
 struct AwqArrays {
     qweight: Vec<u32>,
     qzeros: Vec<u32>,
@@ -308,7 +313,8 @@ impl AwqArrays {
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, qweight, qzeros, scales, group_size, device = 0))]
+#[pyo3(signature = (x, qweight, qzeros, scales, group_size, device = 0, norm_weight = None, eps = 1e-6))]
+#[allow(clippy::too_many_arguments)]
 fn awq_gemv<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -317,10 +323,22 @@ fn awq_gemv<'py>(
     scales: &Bound<'py, PyAny>,
     group_size: usize,
     device: usize,
+    norm_weight: Option<&Bound<'py, PyAny>>,
+    eps: f32,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, w) = (f32s(x)?, AwqArrays::new(qweight, qzeros, scales)?);
+    let nw = norm_weight.map(f16s).transpose()?;
     let y = detached(py, move || {
-        ops::awq_gemv(&*executor_for(device)?, &x, &[w.host()], w.n, group_size, Epilogue::Store, None)
+        ops::awq_gemv(
+            &*executor_for(device)?,
+            &x,
+            &[w.host()],
+            w.n,
+            group_size,
+            Epilogue::Store,
+            None,
+            norm(&nw, eps),
+        )
     })?;
     Ok(out(py, y))
 }
@@ -340,13 +358,23 @@ fn awq_gemv_residual<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, w, r) = (f32s(x)?, AwqArrays::new(qweight, qzeros, scales)?, f32s(residual)?);
     let y = detached(py, move || {
-        ops::awq_gemv(&*executor_for(device)?, &x, &[w.host()], w.n, group_size, Epilogue::AddTo, Some(&r))
+        ops::awq_gemv(
+            &*executor_for(device)?,
+            &x,
+            &[w.host()],
+            w.n,
+            group_size,
+            Epilogue::AddTo,
+            Some(&r),
+            None,
+        )
     })?;
     Ok(out(py, y))
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, gate, up, group_size, device = 0))]
+#[pyo3(signature = (x, gate, up, group_size, device = 0, norm_weight = None, eps = 1e-6))]
+#[allow(clippy::too_many_arguments)]
 fn awq_gate_up<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -354,8 +382,11 @@ fn awq_gate_up<'py>(
     up: &Bound<'py, PyTuple>,
     group_size: usize,
     device: usize,
+    norm_weight: Option<&Bound<'py, PyAny>>,
+    eps: f32,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (x, g, u) = (f32s(x)?, AwqArrays::from_tuple(gate)?, AwqArrays::from_tuple(up)?);
+    let nw = norm_weight.map(f16s).transpose()?;
     let y = detached(py, move || {
         ops::awq_gemv(
             &*executor_for(device)?,
@@ -365,6 +396,7 @@ fn awq_gate_up<'py>(
             group_size,
             Epilogue::SiluMul,
             None,
+            norm(&nw, eps),
         )
     })?;
     Ok(out(py, y))

@@ -142,6 +142,42 @@ def test_awq_gate_up(ops, rng, K, N, G, mag):
     assert_within(ops.awq_gate_up(x, gate, up, G), ref, tol, f"{K}x{N} mag={mag}")
 
 
+# ---- the fused input RMSNorm of awq_gemv / awq_gate_up: x is replaced by x * rsqrt(mean(x^2) + eps) * w_norm
+# before the dot product. The fp32 normalization adds a common relative error (sum of squares and rsqrtf,
+# well under 1e-6) to every term, so 1e-6 sum_k |x_k W_kn| is added to the dot-product bound.
+def rms_normed(x, w_norm, eps):
+    x = x.astype(np.float64)
+    return x / np.sqrt(np.mean(x * x) + eps) * w_norm.astype(np.float64)
+
+
+@pytest.mark.parametrize("K,N,G", [(4096, 6144, 128), (256, 1024, 128), (192, 128, 64)])
+@pytest.mark.parametrize("mag", [1.0, 1e5])
+def test_awq_gemv_fused_norm(ops, rng, K, N, G, mag):
+    (qw, qz, s), W = random_awq(rng, K, N, G)
+    x = (rng.standard_normal(K) * mag).astype(np.float32)
+    w_norm = rng.uniform(0.5, 2.0, K).astype(np.float16)
+    xn = rms_normed(x, w_norm, 1e-6)
+    ref = xn @ W
+    tol = dot_tol(xn, lambda x2: x2 @ W**2, K) + 1e-6 * (np.abs(xn) @ np.abs(W))
+    got = ops.awq_gemv(x, qw, qz, s, G, norm_weight=w_norm, eps=1e-6)
+    assert_within(got, ref, tol, f"{K}x{N} g{G} mag={mag}")
+
+
+@pytest.mark.parametrize("K,N,G", [(4096, 12288, 128), (192, 384, 64)])
+def test_awq_gate_up_fused_norm(ops, rng, K, N, G):
+    gate, Wg = random_awq(rng, K, N, G)
+    up, Wu = random_awq(rng, K, N, G)
+    x = (rng.standard_normal(K) * 300).astype(np.float32)
+    w_norm = rng.uniform(0.5, 2.0, K).astype(np.float16)
+    xn = rms_normed(x, w_norm, 1e-6)
+    g, u = xn @ Wg, xn @ Wu
+    ref = silu(g) * u
+    eg = dot_tol(xn, lambda x2: x2 @ Wg**2, K) + 1e-6 * (np.abs(xn) @ np.abs(Wg))
+    eu = dot_tol(xn, lambda x2: x2 @ Wu**2, K) + 1e-6 * (np.abs(xn) @ np.abs(Wu))
+    tol = 1.1 * eg * np.abs(u) + np.abs(silu(g)) * eu + 1e-5 * np.abs(ref) + 1e-30
+    assert_within(ops.awq_gate_up(x, gate, up, G, norm_weight=w_norm, eps=1e-6), ref, tol, f"{K}x{N}")
+
+
 def random_half(rng, shape, std):
     out = np.empty(shape, np.float16)
     for i in range(0, shape[0], 8192):  # chunks keep the float32 temporary small for the lm_head shape

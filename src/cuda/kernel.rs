@@ -6,10 +6,37 @@ use std::fmt;
 
 const COMMON: &str = include_str!("../../kernels/common.cuh");
 
-/// Threads per block of the warp-per-row GEMVs.
+/// Threads per block of the warp-per-row fp16 GEMV.
 pub const GEMV_WARPS: u32 = 8;
-/// Threads per block of attention_partial.
-pub const ATTENTION_THREADS: u32 = 128;
+
+/// How the tensor-core AWQ GEMV splits its work (kernels/awq_gemv.cu): each block owns
+/// `tiles_per_block` 16-row tiles, its `ksplit` warps split K into group-aligned slices, and
+/// weights stream in chunks of `chunk` 64-input blocks per tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvGeometry {
+    pub ksplit: usize,
+    pub tiles_per_block: usize,
+    pub chunk: usize,
+}
+
+impl GemvGeometry {
+    pub fn new(k: usize, group: usize, epilogue: Epilogue) -> Self {
+        let tiles_per_block = if epilogue == Epilogue::SiluMul { 2 } else { 1 };
+        // Up to 8 warps, each on a whole number of groups.
+        let ksplit = [8, 4, 2, 1].into_iter().find(|s| k.is_multiple_of(s * group)).unwrap_or(1);
+        let blocks64 = k / ksplit / 64;
+        // About 8 x 16-byte loads in flight per lane (double-buffered), fewer when a slice spans
+        // many groups so the per-group registers still fit two blocks per SM.
+        let budget = (if k / ksplit / group > 4 { 4 } else { 8 }) / tiles_per_block;
+        let chunk = (1..=budget.max(1)).rev().find(|c| blocks64.is_multiple_of(*c)).unwrap_or(1);
+        GemvGeometry { ksplit, tiles_per_block, chunk }
+    }
+
+    /// Dynamic shared memory: x staged as bf16 hi/lo B fragments, 4 bytes per input.
+    pub fn shared_bytes(k: usize) -> usize {
+        4 * k
+    }
+}
 
 /// What the AWQ GEMV does with its dot products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -18,7 +45,7 @@ pub enum Epilogue {
     Store,
     /// y += W x (residual add)
     AddTo,
-    /// y = silu(W_gate x) * (W_up x), the weight holding gate rows then up rows
+    /// y = silu(W_gate x) * (W_up x), the weight's 16-row tiles alternating gate, up
     SiluMul,
 }
 
@@ -42,6 +69,8 @@ pub enum KernelType {
         n: u32,
         group: u32,
         epilogue: Epilogue,
+        /// Fuse the preceding RMSNorm: normalize x (times a norm weight) while staging it.
+        norm: bool,
     },
     HalfGemv {
         k: u32,
@@ -56,7 +85,10 @@ pub enum KernelType {
         head_dim: u32,
         n_heads: u32,
         n_kv_heads: u32,
-        chunk: u32,
+        /// Blocks per KV head along the sequence.
+        splits: u32,
+        /// Positions per shared-memory sub-chunk.
+        sub: u32,
     },
     Argmax {
         n: u32,
@@ -97,19 +129,29 @@ impl KernelType {
             KernelType::Embedding { hidden, vocab } => vec![("HIDDEN", hidden), ("VOCAB", vocab)],
             KernelType::RmsNorm { hidden } => vec![("HIDDEN", hidden)],
             KernelType::AwqRepack { k, n, group } => vec![("K", k), ("N", n), ("GROUP", group)],
-            KernelType::AwqGemv { k, n, group, epilogue } => {
-                vec![("K", k), ("N", n), ("GROUP", group), ("WARPS", GEMV_WARPS), ("MODE", epilogue as u32)]
+            KernelType::AwqGemv { k, n, group, epilogue, norm } => {
+                let g = GemvGeometry::new(k as usize, group as usize, epilogue);
+                vec![
+                    ("K", k),
+                    ("N", n),
+                    ("GROUP", group),
+                    ("MODE", epilogue as u32),
+                    ("NORM", norm as u32),
+                    ("KSPLIT", g.ksplit as u32),
+                    ("TPB", g.tiles_per_block as u32),
+                    ("CH", g.chunk as u32),
+                ]
             }
             KernelType::HalfGemv { k, n } => vec![("K", k), ("N", n), ("WARPS", GEMV_WARPS)],
             KernelType::QkNormRope { head_dim, n_heads, n_kv_heads } => {
                 vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)]
             }
-            KernelType::Attention { head_dim, n_heads, n_kv_heads, chunk } => vec![
+            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, sub } => vec![
                 ("HEAD_DIM", head_dim),
                 ("N_HEADS", n_heads),
                 ("N_KV_HEADS", n_kv_heads),
-                ("CHUNK", chunk),
-                ("THREADS", ATTENTION_THREADS),
+                ("SPLITS", splits),
+                ("SUB", sub),
             ],
             KernelType::Argmax { n } => vec![("N", n)],
         }
@@ -135,12 +177,15 @@ impl fmt::Display for KernelType {
         write!(f, "{family}")?;
         for (name, value) in self.defines() {
             match name {
-                "WARPS" | "THREADS" | "MODE" => {}
+                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" => {}
                 _ => write!(f, "-{}{value}", name.to_lowercase())?,
             }
         }
-        if let KernelType::AwqGemv { epilogue, .. } = self {
+        if let KernelType::AwqGemv { epilogue, norm, .. } = self {
             write!(f, "-{}", format!("{epilogue:?}").to_lowercase())?;
+            if *norm {
+                write!(f, "-norm")?;
+            }
         }
         Ok(())
     }
@@ -152,13 +197,27 @@ mod tests {
 
     #[test]
     fn source_carries_shape_defines_and_key() {
-        let k = KernelType::AwqGemv { k: 4096, n: 6144, group: 128, epilogue: Epilogue::AddTo };
+        let k = KernelType::AwqGemv { k: 4096, n: 6144, group: 128, epilogue: Epilogue::AddTo, norm: false };
         let src = k.source();
         assert!(src.contains("#define K 4096\n#define N 6144\n#define GROUP 128\n"));
-        assert!(src.contains("#define MODE 1\n"));
-        assert!(src.contains("extern \"C\" __global__ void awq_gemv"));
+        assert!(
+            src.contains("#define MODE 1\n#define NORM 0\n#define KSPLIT 8\n#define TPB 1\n#define CH 8\n")
+        );
+        assert!(src.contains("__global__ void __launch_bounds__(KSPLIT * 32) awq_gemv("));
         assert_eq!(k.to_string(), "awq_gemv-k4096-n6144-group128-addto");
-        let a = KernelType::Attention { head_dim: 128, n_heads: 32, n_kv_heads: 8, chunk: 256 };
-        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-chunk256");
+        let a = KernelType::Attention { head_dim: 128, n_heads: 32, n_kv_heads: 8, splits: 32, sub: 64 };
+        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-sub64");
+    }
+
+    #[test]
+    fn gemv_geometry_fits_shapes() {
+        let g = GemvGeometry::new(4096, 128, Epilogue::SiluMul);
+        assert_eq!((g.ksplit, g.tiles_per_block, g.chunk), (8, 2, 4));
+        // 12288 / 8 = 1536 inputs per warp = 12 groups: smaller chunks.
+        let g = GemvGeometry::new(12288, 128, Epilogue::AddTo);
+        assert_eq!((g.ksplit, g.chunk), (8, 4));
+        // A tiny layer: 256 inputs in groups of 128 give 2 warps of one 64-block pair each.
+        let g = GemvGeometry::new(256, 128, Epilogue::Store);
+        assert_eq!((g.ksplit, g.chunk), (2, 2));
     }
 }

@@ -2,10 +2,11 @@
 //! the buffers it is handed against that shape, and only then launches; the `// SAFETY:` notes
 //! state what the kernel reads and writes so the checks can be judged against them.
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::{Epilogue, KernelType, ATTENTION_THREADS, GEMV_WARPS};
+use crate::cuda::kernel::{Epilogue, GemvGeometry, KernelType, GEMV_WARPS};
 use crate::error::{Error, Result};
 use crate::model::awq_linear::AwqLinear;
 
@@ -91,7 +92,7 @@ impl RmsNorm {
     }
 }
 
-/// Converts one AutoAWQ linear into rows [row_offset, row_offset + n) of an `AwqLinear`.
+/// Converts one AutoAWQ linear into 16-row tiles of an `AwqLinear` (kernels/awq_repack.cu).
 pub struct AwqRepack {
     ty: KernelType,
     f: CudaFunction,
@@ -106,6 +107,7 @@ impl AwqRepack {
         Ok(Self { ty, f: ex.function(ty, "awq_repack")?, k, n, group })
     }
 
+    /// Local tile i (rows 16i..16i+16) lands in tile `tile_offset + i * tile_stride` of `out`.
     pub fn launch(
         &self,
         s: &CudaStream,
@@ -113,20 +115,24 @@ impl AwqRepack {
         qzeros: &CudaSlice<u32>,
         scales: &CudaSlice<u16>,
         out: &mut AwqLinear,
-        row_offset: usize,
+        tile_offset: usize,
+        tile_stride: usize,
     ) -> Result<()> {
         let (k, n, g) = (self.k, self.n, self.group);
+        let tiles = n / 16;
         check(
-            qweight.len() == k * n / 8
+            n % 16 == 0
+                && qweight.len() == k * n / 8
                 && qzeros.len() == k / g * n / 8
                 && scales.len() == k / g * n
                 && out.k == k
                 && out.group == g
-                && row_offset + n <= out.rows,
+                && tile_stride >= 1
+                && tile_offset + (tiles.max(1) - 1) * tile_stride < out.rows / 16,
             &self.ty,
             || {
                 format!(
-                    "qweight {}, qzeros {}, scales {}, into {}x{} at row {row_offset}",
+                    "qweight {}, qzeros {}, scales {}, into {}x{} at tile {tile_offset} stride {tile_stride}",
                     qweight.len(),
                     qzeros.len(),
                     scales.len(),
@@ -135,11 +141,11 @@ impl AwqRepack {
                 )
             },
         )?;
-        let c = cfg(((k / 8).div_ceil(128) as u32, n as u32), 128);
-        let offset = row_offset as i32;
-        // SAFETY: reads the three AWQ tensors within the lengths checked above; writes rows
-        // [row_offset, row_offset + N) of out's buffers, which hold out.rows rows of K/8 words and
-        // K/GROUP scales and zeros each.
+        let c = cfg(((k / 16 * 32).div_ceil(256) as u32, tiles as u32), 256);
+        let (offset, stride) = (tile_offset as i32, tile_stride as i32);
+        // SAFETY: reads the three AWQ tensors within the lengths checked above; writes tiles
+        // offset + i * stride (i < N/16) of out's buffers, all inside out.rows / 16 tiles of K/8
+        // words, K/GROUP * 16 scales and K/GROUP zero words each.
         unsafe {
             s.launch_builder(&self.f)
                 .arg(qweight)
@@ -149,12 +155,14 @@ impl AwqRepack {
                 .arg(&mut out.scales)
                 .arg(&mut out.zeros)
                 .arg(&offset)
+                .arg(&stride)
                 .launch(c)
         }?;
         Ok(())
     }
 }
 
+/// The tensor-core W4A16 GEMV (kernels/awq_gemv.cu), optionally fusing the input RMSNorm.
 pub struct AwqGemv {
     ty: KernelType,
     f: CudaFunction,
@@ -162,19 +170,37 @@ pub struct AwqGemv {
     n: usize,
     group: usize,
     epilogue: Epilogue,
+    norm: bool,
+    geometry: GemvGeometry,
 }
 
 impl AwqGemv {
-    pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
-        let ty = KernelType::AwqGemv { k: k as u32, n: n as u32, group: group as u32, epilogue };
-        Ok(Self { ty, f: ex.function(ty, "awq_gemv")?, k, n, group, epilogue })
+    pub fn new(
+        ex: &Executor,
+        k: usize,
+        n: usize,
+        group: usize,
+        epilogue: Epilogue,
+        norm: bool,
+    ) -> Result<Self> {
+        let ty = KernelType::AwqGemv { k: k as u32, n: n as u32, group: group as u32, epilogue, norm };
+        let f = ex.function(ty, "awq_gemv")?;
+        // Staged x can exceed the 48 KiB available without opting in (K = 12288 needs 48 KiB).
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            GemvGeometry::shared_bytes(k) as i32,
+        )?;
+        let geometry = GemvGeometry::new(k, group, epilogue);
+        Ok(Self { ty, f, k, n, group, epilogue, norm, geometry })
     }
 
-    /// y = W x, y += W x, or y = silu(W_gate x) * (W_up x), by the epilogue.
+    /// y = W x, y += W x, or y = silu(W_gate x) * (W_up x), by the epilogue; with `norm`
+    /// (weight, eps) x is first RMS-normalized.
     pub fn launch(
         &self,
         s: &CudaStream,
         x: &CudaSlice<f32>,
+        norm: Option<(&CudaSlice<u16>, f32)>,
         w: &AwqLinear,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -184,15 +210,33 @@ impl AwqGemv {
                 && w.k == self.k
                 && w.group == self.group
                 && w.rows == rows
-                && y.len() >= self.n,
+                && y.len() >= self.n
+                && norm.is_some() == self.norm
+                && norm.is_none_or(|(nw, _)| nw.len() == self.k),
             &self.ty,
             || format!("x {}, weight {}x{} group {}, y {}", x.len(), w.rows, w.k, w.group, y.len()),
         )?;
-        let c = cfg((self.n.div_ceil(GEMV_WARPS as usize) as u32, 1), 32 * GEMV_WARPS);
-        // SAFETY: reads x[0..K) and `rows` rows of w (K/8 words, K/GROUP scales and zeros each),
-        // writes (or adds to) y[0..N); all checked above. x and y are distinct buffers.
+        let blocks = rows / 16 / self.geometry.tiles_per_block;
+        let mut c = cfg((blocks as u32, 1), 32 * self.geometry.ksplit as u32);
+        c.shared_mem_bytes = GemvGeometry::shared_bytes(self.k) as u32;
+        // Without NORM the kernel never reads the norm weight; any device pointer stands in.
+        let (norm_weight, eps) = match norm {
+            Some((nw, eps)) => (nw, eps),
+            None => (&w.scales, 0.0),
+        };
+        // SAFETY: reads x[0..K), norm_weight[0..K) when NORM, and all rows/16 tiles of w; writes
+        // (or adds to) y[0..N); lengths checked above. x and y are distinct buffers; the dynamic
+        // shared memory matches the kernel's [K/16][8] uint2 staging array.
         unsafe {
-            s.launch_builder(&self.f).arg(x).arg(&w.weight).arg(&w.scales).arg(&w.zeros).arg(y).launch(c)
+            s.launch_builder(&self.f)
+                .arg(x)
+                .arg(norm_weight)
+                .arg(&eps)
+                .arg(&w.weight)
+                .arg(&w.scales)
+                .arg(&w.zeros)
+                .arg(y)
+                .launch(c)
         }?;
         Ok(())
     }
@@ -334,17 +378,19 @@ pub struct Attention {
     partial: CudaFunction,
     combine: CudaFunction,
     shape: HeadShape,
-    chunk: usize,
+    splits: usize,
     max_seq: usize,
     part_o: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
 }
 
 impl Attention {
-    /// Positions per block. Shared memory holds GQA x CHUNK scores; keep it near 8 KiB.
-    fn chunk(shape: HeadShape) -> usize {
-        let gqa = (shape.n_heads / shape.n_kv_heads.max(1)).max(1);
-        ((2048 / gqa).clamp(32, 256) / 32) * 32
+    /// Positions per sub-chunk: GQA x SUB scores live in shared memory.
+    const SUB: usize = 64;
+
+    /// Splits per KV head: about 256 blocks in all, enough to fill the GPU at any context.
+    fn splits(shape: HeadShape) -> usize {
+        (256 / shape.n_kv_heads.max(1)).clamp(8, 128)
     }
 
     pub fn kernel_type(shape: HeadShape) -> KernelType {
@@ -352,23 +398,24 @@ impl Attention {
             head_dim: shape.head_dim as u32,
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
-            chunk: Self::chunk(shape) as u32,
+            splits: Self::splits(shape) as u32,
+            sub: Self::SUB as u32,
         }
     }
 
+    /// For caches of `max_seq` positions per KV head.
     pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize) -> Result<Self> {
         let ty = Self::kernel_type(shape);
-        let chunk = Self::chunk(shape);
-        let max_chunks = max_seq.div_ceil(chunk);
+        let splits = Self::splits(shape);
         Ok(Self {
             ty,
             partial: ex.function(ty, "attention_partial")?,
             combine: ex.function(ty, "attention_combine")?,
             shape,
-            chunk,
+            splits,
             max_seq,
-            part_o: ex.zeros(shape.n_heads * max_chunks * shape.head_dim, "attention scratch")?,
-            part_ml: ex.zeros(shape.n_heads * max_chunks * 2, "attention scratch")?,
+            part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
+            part_ml: ex.zeros(shape.n_heads * splits * 2, "attention scratch")?,
         })
     }
 
@@ -392,13 +439,13 @@ impl Attention {
             &self.ty,
             || format!("q {}, caches {} / {}, out {}", q.len(), k_cache.len(), v_cache.len(), out.len()),
         )?;
-        let max_chunks = self.max_seq.div_ceil(self.chunk);
-        let (max_seq, max_chunks_i) = (self.max_seq as i32, max_chunks as i32);
+        let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
-        // SAFETY: attention_partial reads q, and cache rows [0, min(step[1]+1, max_seq)) of each KV
-        // head (caches hold max_seq rows, checked above); it writes the scratch entries of the
-        // chunks it covers, sized for max_chunks. attention_combine reads those same chunks and
-        // writes out[0..N_HEADS*HEAD_DIM).
+        let threads = sh.head_dim as u32;
+        // SAFETY: attention_partial reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV
+        // head (the caches hold max_seq rows, checked above) and writes one scratch entry per
+        // (query head, split), sized for SPLITS. attention_combine reads those entries and writes
+        // out[0..N_HEADS*HEAD_DIM).
         unsafe {
             s.launch_builder(&self.partial)
                 .arg(q)
@@ -409,15 +456,12 @@ impl Attention {
                 .arg(&mut self.part_ml)
                 .arg(&max_seq)
                 .arg(&scale)
-                .launch(cfg((sh.n_kv_heads as u32, max_chunks as u32), ATTENTION_THREADS))?;
+                .launch(cfg((sh.n_kv_heads as u32, self.splits as u32), threads))?;
             s.launch_builder(&self.combine)
                 .arg(&self.part_o)
                 .arg(&self.part_ml)
-                .arg(step)
                 .arg(out)
-                .arg(&max_seq)
-                .arg(&max_chunks_i)
-                .launch(cfg((sh.n_heads as u32, 1), sh.head_dim as u32))?;
+                .launch(cfg((sh.n_heads as u32, 1), threads))?;
         }
         Ok(())
     }

@@ -18,21 +18,32 @@ pub fn awq_nibble(word: u32, j: usize) -> u32 {
     (word >> (4 * AWQ_NIBBLE[j])) & 15
 }
 
-/// One or more stacked AWQ linears, repacked: row n holds output n's K/8 words, K/group scales
-/// and K/group zero points.
+/// One or more stacked AWQ linears in the tensor-core GEMV layout (kernels/awq_repack.cu): tiles
+/// of 16 output rows, each holding its int4 weights as mma fragments, fp16 scales and 4-bit zero
+/// points per group.
 pub struct AwqLinear {
     pub weight: CudaSlice<u32>,
     pub scales: CudaSlice<u16>,
-    pub zeros: CudaSlice<u8>,
+    pub zeros: CudaSlice<u64>,
     pub k: usize,
     pub rows: usize,
     pub group: usize,
 }
 
+/// How the parts of a stacked linear are arranged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stacking {
+    /// One after another (q | k | v).
+    Concat,
+    /// Tiles alternating between the parts (gate, up, gate, up, ...), as the SwiGLU epilogue reads them.
+    Interleave,
+}
+
 impl AwqLinear {
-    /// Device bytes of a stack of linears with `rows` outputs over `k` inputs.
+    /// Device bytes of a stack of linears with `rows` outputs over `k` inputs: int4 weights, fp16
+    /// scales and 4-bit zeros, nothing more.
     pub fn device_bytes(k: usize, rows: usize, group: usize) -> usize {
-        rows * (k / 2 + (k / group) * 3)
+        rows * k / 2 + rows * (k / group) * 2 + rows / 16 * (k / group) * 8
     }
 
     /// An empty stack of `rows` outputs over `k` inputs; `what` names it in allocation errors.
@@ -40,15 +51,16 @@ impl AwqLinear {
         Ok(AwqLinear {
             weight: ex.zeros(rows * k / 8, what)?,
             scales: ex.zeros(rows * k / group, what)?,
-            zeros: ex.zeros(rows * k / group, what)?,
+            zeros: ex.zeros(rows / 16 * (k / group), what)?,
             k,
             rows,
             group,
         })
     }
 
-    /// Uploads one AutoAWQ linear with `n` outputs and repacks it into rows [row, row + n).
-    /// The uploaded copy is freed (stream-ordered) on return.
+    /// Uploads one AutoAWQ linear with `n` outputs and repacks it into tiles
+    /// `tile_offset + i * tile_stride`. The uploaded copy is freed (stream-ordered) on return.
+    #[allow(clippy::too_many_arguments)]
     pub fn repack(
         &mut self,
         ex: &Executor,
@@ -56,39 +68,66 @@ impl AwqLinear {
         qzeros: &[u32],
         scales: &[u16],
         n: usize,
-        row: usize,
+        tile_offset: usize,
+        tile_stride: usize,
     ) -> Result<()> {
         let qweight = ex.upload(qweight, "AWQ qweight")?;
         let qzeros = ex.upload(qzeros, "AWQ qzeros")?;
         let scales = ex.upload(scales, "AWQ scales")?;
-        AwqRepack::new(ex, self.k, n, self.group)?.launch(ex.stream(), &qweight, &qzeros, &scales, self, row)
+        AwqRepack::new(ex, self.k, n, self.group)?.launch(
+            ex.stream(),
+            &qweight,
+            &qzeros,
+            &scales,
+            self,
+            tile_offset,
+            tile_stride,
+        )
     }
 
-    /// Loads the checkpoint linears `prefixes` (each `<prefix>.qweight` etc., all with input
-    /// dimension `k`) stacked in that order.
+    /// Stacks host AWQ linears (qweight, qzeros, scales, outputs), all over `k` inputs.
+    pub fn from_parts(
+        ex: &Executor,
+        parts: &[(&[u32], &[u32], &[u16], usize)],
+        k: usize,
+        group: usize,
+        stacking: Stacking,
+        what: &str,
+    ) -> Result<Self> {
+        let rows = parts.iter().map(|p| p.3).sum();
+        let mut out = Self::alloc(ex, k, rows, group, what)?;
+        let mut tile = 0;
+        for (i, &(qweight, qzeros, scales, n)) in parts.iter().enumerate() {
+            match stacking {
+                Stacking::Concat => {
+                    out.repack(ex, qweight, qzeros, scales, n, tile, 1)?;
+                    tile += n / 16;
+                }
+                Stacking::Interleave => out.repack(ex, qweight, qzeros, scales, n, i, parts.len())?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the checkpoint linears `prefixes` (each `<prefix>.qweight` etc. with that many
+    /// outputs), all over `k` inputs.
     pub fn load(
         ex: &Executor,
         ckpt: &Checkpoint,
         prefixes: &[(&str, usize)],
         k: usize,
         group: usize,
+        stacking: Stacking,
     ) -> Result<Self> {
-        let rows = prefixes.iter().map(|(_, n)| n).sum();
-        let mut out = Self::alloc(ex, k, rows, group, prefixes.first().map_or("", |p| p.0))?;
-        let mut row = 0;
-        for &(prefix, n) in prefixes {
-            let tensor = |suffix: &str| format!("{prefix}.{suffix}");
-            out.repack(
-                ex,
-                &words(ckpt, &tensor("qweight"))?,
-                &words(ckpt, &tensor("qzeros"))?,
-                &halves(ckpt, &tensor("scales"))?,
-                n,
-                row,
-            )?;
-            row += n;
-        }
-        Ok(out)
+        let host = prefixes
+            .iter()
+            .map(|&(p, n)| {
+                let t = |suffix: &str| format!("{p}.{suffix}");
+                Ok((words(ckpt, &t("qweight"))?, words(ckpt, &t("qzeros"))?, halves(ckpt, &t("scales"))?, n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<_> = host.iter().map(|(w, z, s, n)| (&w[..], &z[..], &s[..], *n)).collect();
+        Self::from_parts(ex, &parts, k, group, stacking, prefixes.first().map_or("", |p| p.0))
     }
 }
 
@@ -131,7 +170,7 @@ mod tests {
 
     #[test]
     fn device_bytes_of_qwen3_8b_linears() {
-        // q_proj: 4096 x 4096 int4 = 8 MiB of weights plus 32 groups of (fp16 scale, u8 zero) per row.
-        assert_eq!(AwqLinear::device_bytes(4096, 4096, 128), 4096 * (2048 + 96));
+        // q_proj: 4096 x 4096 int4 = 8 MiB of weights, then per row 32 fp16 scales and 32 4-bit zeros.
+        assert_eq!(AwqLinear::device_bytes(4096, 4096, 128), 4096 * (2048 + 64 + 16));
     }
 }

@@ -13,7 +13,7 @@ use crate::cuda::launch::{
 };
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::model::awq_linear::{halves, AwqLinear};
+use crate::model::awq_linear::{halves, AwqLinear, Stacking};
 use crate::weights::{awq_linears, Checkpoint};
 
 struct Layer {
@@ -128,16 +128,25 @@ impl Qwen3Model {
                     ],
                     h,
                     g,
+                    Stacking::Concat,
                 )?,
-                o_proj: AwqLinear::load(&ex, ckpt, &[(&attn("o_proj"), h)], c.q_dim(), g)?,
+                o_proj: AwqLinear::load(&ex, ckpt, &[(&attn("o_proj"), h)], c.q_dim(), g, Stacking::Concat)?,
                 gate_up_proj: AwqLinear::load(
                     &ex,
                     ckpt,
                     &[(&mlp("gate_proj"), c.intermediate_size), (&mlp("up_proj"), c.intermediate_size)],
                     h,
                     g,
+                    Stacking::Interleave,
                 )?,
-                down_proj: AwqLinear::load(&ex, ckpt, &[(&mlp("down_proj"), h)], c.intermediate_size, g)?,
+                down_proj: AwqLinear::load(
+                    &ex,
+                    ckpt,
+                    &[(&mlp("down_proj"), h)],
+                    c.intermediate_size,
+                    g,
+                    Stacking::Concat,
+                )?,
             });
         }
 
@@ -145,12 +154,12 @@ impl Qwen3Model {
         let k = Kernels {
             embedding: Embedding::new(&ex, h, c.vocab_size)?,
             rms_norm: RmsNorm::new(&ex, h)?,
-            qkv_proj: AwqGemv::new(&ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store)?,
+            qkv_proj: AwqGemv::new(&ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store, true)?,
             qk_norm_rope: QkNormRope::new(&ex, shape)?,
             attention: Attention::new(&ex, shape, max_seq)?,
-            o_proj: AwqGemv::new(&ex, c.q_dim(), h, g, Epilogue::AddTo)?,
-            gate_up_proj: AwqGemv::new(&ex, h, c.intermediate_size, g, Epilogue::SiluMul)?,
-            down_proj: AwqGemv::new(&ex, c.intermediate_size, h, g, Epilogue::AddTo)?,
+            o_proj: AwqGemv::new(&ex, c.q_dim(), h, g, Epilogue::AddTo, false)?,
+            gate_up_proj: AwqGemv::new(&ex, h, c.intermediate_size, g, Epilogue::SiluMul, true)?,
+            down_proj: AwqGemv::new(&ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
             lm_head: HalfGemv::new(&ex, h, c.vocab_size)?,
             argmax: Argmax::new(&ex, c.vocab_size)?,
         };
@@ -232,8 +241,13 @@ impl Qwen3Model {
 
         k.embedding.launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
-            k.rms_norm.launch(&s, &b.hidden, &layer.input_layernorm, &mut b.normed, eps)?;
-            k.qkv_proj.launch(&s, &b.normed, &layer.qkv_proj, &mut b.qkv)?;
+            k.qkv_proj.launch(
+                &s,
+                &b.hidden,
+                Some((&layer.input_layernorm, eps)),
+                &layer.qkv_proj,
+                &mut b.qkv,
+            )?;
             k.qk_norm_rope.launch(
                 &s,
                 &b.qkv,
@@ -248,10 +262,10 @@ impl Qwen3Model {
                 theta,
             )?;
             k.attention.launch(&s, &b.q, k_cache, v_cache, &b.step, &mut b.attn)?;
-            k.o_proj.launch(&s, &b.attn, &layer.o_proj, &mut b.hidden)?;
-            k.rms_norm.launch(&s, &b.hidden, &layer.post_attention_layernorm, &mut b.normed, eps)?;
-            k.gate_up_proj.launch(&s, &b.normed, &layer.gate_up_proj, &mut b.mlp_act)?;
-            k.down_proj.launch(&s, &b.mlp_act, &layer.down_proj, &mut b.hidden)?;
+            k.o_proj.launch(&s, &b.attn, None, &layer.o_proj, &mut b.hidden)?;
+            let post_norm = Some((&layer.post_attention_layernorm, eps));
+            k.gate_up_proj.launch(&s, &b.hidden, post_norm, &layer.gate_up_proj, &mut b.mlp_act)?;
+            k.down_proj.launch(&s, &b.mlp_act, None, &layer.down_proj, &mut b.hidden)?;
         }
         if want_logits {
             k.rms_norm.launch(&s, &b.hidden, &self.norm, &mut b.normed, eps)?;
@@ -270,14 +284,14 @@ impl Qwen3Model {
 pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
     let (h, g, i) = (c.hidden_size as u32, c.quantization.group_size as u32, c.intermediate_size as u32);
     let (q, kv, v) = (c.q_dim() as u32, c.kv_dim() as u32, c.vocab_size as u32);
-    let gemv = |k, n, epilogue| KernelType::AwqGemv { k, n, group: g, epilogue };
+    let gemv = |k, n, epilogue, norm| KernelType::AwqGemv { k, n, group: g, epilogue, norm };
     let mut types = vec![
         KernelType::Embedding { hidden: h, vocab: v },
         KernelType::RmsNorm { hidden: h },
-        gemv(h, q + 2 * kv, Epilogue::Store),
-        gemv(q, h, Epilogue::AddTo),
-        gemv(h, i, Epilogue::SiluMul),
-        gemv(i, h, Epilogue::AddTo),
+        gemv(h, q + 2 * kv, Epilogue::Store, true),
+        gemv(q, h, Epilogue::AddTo, false),
+        gemv(h, i, Epilogue::SiluMul, true),
+        gemv(i, h, Epilogue::AddTo, false),
         QkNormRope::kernel_type(head_shape(c)),
         Attention::kernel_type(head_shape(c)),
         KernelType::HalfGemv { k: h, n: v },
