@@ -1,17 +1,29 @@
 // Incremental (decode) attention of one query position over an fp16 KV cache, split over the
 // sequence (flash-decoding). attention_partial: block (kv head, split) walks its share of the
-// positions in sub-chunks of SUB with an online softmax, for all GQA query heads sharing the KV
+// positions in sub-chunks of SUB with an online softmax, for all GQA query heads that share the KV
 // head (each K/V row is loaded once for all of them), and writes an unnormalized output with its
-// running max and sum; attention_combine merges the SPLITS partial results per query head.
-// The grid is fixed (SPLITS per KV head) and the length comes from device memory, so one launch
-// configuration serves every step and no sequence length triggers a compile.
-// Defines: HEAD_DIM (multiple of 32; also the block size), N_HEADS, N_KV_HEADS, SPLITS, SUB.
+// running max and sum; attention_combine merges the splits per query head. The grid is fixed
+// (SPLITS per KV head) and the length comes from device memory, so one launch configuration serves
+// every step and no sequence length triggers a compile. Sub-chunks have a compile-time size (rows
+// past the end are clamped to the last valid row and masked), so every load is issued up front.
+// Defines: HEAD_DIM (multiple of 32, at most 256), N_HEADS, N_KV_HEADS, SPLITS, SUB.
 
 #define GQA (N_HEADS / N_KV_HEADS)
 #define NEG_INF (-__int_as_float(0x7f800000))
-#define N_WARPS (HEAD_DIM / 32)
+#define THREADS 128
+#define N_WARPS (THREADS / 32)
+#define LPP 4                   // lanes per position for q.k
+#define DPL (HEAD_DIM / LPP)    // head dims per lane, a multiple of 8 (16-byte loads)
+#define QPAD (DPL + 4)          // padded q segment: the 4 lanes of a position hit different banks
+#define PPP (THREADS / LPP)     // positions per q.k pass
+#define PAIRS (HEAD_DIM / 2)    // p.v: each thread owns a pair of dims...
+#define PGROUPS (THREADS / PAIRS)  // ...for every PGROUPS-th position
 
-extern "C" __global__ void __launch_bounds__(HEAD_DIM) attention_partial(
+__device__ __forceinline__ int chunk_len(int seq) {
+    return (((seq + SPLITS - 1) / SPLITS) + SUB - 1) / SUB * SUB;
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     const float* __restrict__ q,        // [N_HEADS][HEAD_DIM]
     const f16_t* __restrict__ k_cache,  // [N_KV_HEADS][max_seq][HEAD_DIM]
     const f16_t* __restrict__ v_cache,
@@ -20,54 +32,70 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) attention_partial(
     float* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]
     int max_seq,
     float scale) {
-    __shared__ float qs[GQA][HEAD_DIM];
+    __shared__ __align__(16) float qs[GQA][LPP][QPAD];
     __shared__ float p[GQA][SUB];
     __shared__ float m_s[GQA], l_s[GQA], rescale[GQA];
-    const int kv = blockIdx.x, split = blockIdx.y;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d = threadIdx.x;
+    __shared__ float red[PGROUPS][HEAD_DIM];
+    const int kv = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
     const int seq = min(step[STEP_POS] + 1, max_seq);
-    const int chunk = (((seq + SPLITS - 1) / SPLITS) + 31) / 32 * 32;
+    const int chunk = chunk_len(seq);
     const int start = split * chunk, end = min(seq, start + chunk);
+    if (start >= end) return;  // attention_combine reads only the splits that hold positions
 
-#pragma unroll
-    for (int g = 0; g < GQA; g++) qs[g][d] = q[(kv * GQA + g) * HEAD_DIM + d] * scale;
-    if (d < GQA) {
-        m_s[d] = NEG_INF;
-        l_s[d] = 0.0f;
+    for (int i = tid; i < GQA * HEAD_DIM; i += THREADS) {
+        const int g = i / HEAD_DIM, dd = i % HEAD_DIM;
+        qs[g][dd / DPL][dd % DPL] = q[(kv * GQA + g) * HEAD_DIM + dd] * scale;
     }
-    float acc[GQA];
+    if (tid < GQA) {
+        m_s[tid] = NEG_INF;
+        l_s[tid] = 0.0f;
+    }
+    const int pr = tid % PAIRS, pg = tid / PAIRS;  // p.v role
+    const int qj = tid % LPP, qt = tid / LPP;      // q.k role
+    float acc[GQA][2];
 #pragma unroll
-    for (int g = 0; g < GQA; g++) acc[g] = 0.0f;
+    for (int g = 0; g < GQA; g++) acc[g][0] = acc[g][1] = 0.0f;
     __syncthreads();
 
     const f16_t* k_head = k_cache + (long long)kv * max_seq * HEAD_DIM;
     const f16_t* v_head = v_cache + (long long)kv * max_seq * HEAD_DIM;
     for (int t0 = start; t0 < end; t0 += SUB) {
-        const int n = min(SUB, end - t0);
-        // Scores: one warp per position, lanes across the head dimension.
-        for (int t = warp; t < n; t += N_WARPS) {
-            float kr[HEAD_DIM / 32];
+        const int last = end - 1 - t0;  // last valid offset in this sub-chunk
+        // q.k: LPP lanes per position, DPL dims each (16-byte loads).
 #pragma unroll
-            for (int e = 0; e < HEAD_DIM / 32; e++)
-                kr[e] = f16_to_f32(k_head[(long long)(t0 + t) * HEAD_DIM + lane + 32 * e]);
+        for (int pass = 0; pass < SUB / PPP; pass++) {
+            const int t = pass * PPP + qt;
+            const uint4* kr = reinterpret_cast<const uint4*>(k_head + (long long)(t0 + min(t, last)) * HEAD_DIM + qj * DPL);
+            uint4 kw[DPL / 8];
+#pragma unroll
+            for (int e = 0; e < DPL / 8; e++) kw[e] = kr[e];
 #pragma unroll
             for (int g = 0; g < GQA; g++) {
                 float s = 0.0f;
 #pragma unroll
-                for (int e = 0; e < HEAD_DIM / 32; e++) s += qs[g][lane + 32 * e] * kr[e];
-                s = warp_sum(s);
-                if (lane == 0) p[g][t] = s;
+                for (int e = 0; e < DPL / 8; e++) {
+                    const unsigned w4[4] = {kw[e].x, kw[e].y, kw[e].z, kw[e].w};
+#pragma unroll
+                    for (int h = 0; h < 4; h++) {
+                        s += qs[g][qj][8 * e + 2 * h] * f16_to_f32(w4[h] & 0xffff);
+                        s += qs[g][qj][8 * e + 2 * h + 1] * f16_to_f32(w4[h] >> 16);
+                    }
+                }
+                s += __shfl_xor_sync(0xffffffffu, s, 1);
+                s += __shfl_xor_sync(0xffffffffu, s, 2);
+                if (qj == 0) p[g][t] = t <= last ? s : NEG_INF;
             }
         }
         __syncthreads();
-        // Online softmax: new running max, rescale factor for what was accumulated so far.
+        // Online softmax: new running max, and the factor rescaling what was accumulated so far.
         for (int g = warp; g < GQA; g += N_WARPS) {
             float m = NEG_INF;
-            for (int t = lane; t < n; t += 32) m = fmaxf(m, p[g][t]);
+            for (int t = lane; t < SUB; t += 32) m = fmaxf(m, p[g][t]);
             m = fmaxf(warp_max(m), m_s[g]);
             float l = 0.0f;
-            for (int t = lane; t < n; t += 32) {
-                const float e = expf(p[g][t] - m);
+            for (int t = lane; t < SUB; t += 32) {
+                const float e = expf(p[g][t] - m);  // 0 for masked positions
                 p[g][t] = e;
                 l += e;
             }
@@ -80,39 +108,58 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) attention_partial(
             }
         }
         __syncthreads();
-        // Values: thread d accumulates dimension d for every query head of the group.
+        // p.v: a pair of dims per thread over every PGROUPS-th position.
 #pragma unroll
-        for (int g = 0; g < GQA; g++) acc[g] *= rescale[g];
-        for (int t = 0; t < n; t++) {
-            const float v = f16_to_f32(v_head[(long long)(t0 + t) * HEAD_DIM + d]);
+        for (int g = 0; g < GQA; g++) {
+            acc[g][0] *= rescale[g];
+            acc[g][1] *= rescale[g];
+        }
+#pragma unroll 8
+        for (int t = pg; t < SUB; t += PGROUPS) {
+            const unsigned v2 = *reinterpret_cast<const unsigned*>(v_head + (long long)(t0 + min(t, last)) * HEAD_DIM + 2 * pr);
+            const float v0 = f16_to_f32(v2 & 0xffff), v1 = f16_to_f32(v2 >> 16);
 #pragma unroll
-            for (int g = 0; g < GQA; g++) acc[g] += p[g][t] * v;
+            for (int g = 0; g < GQA; g++) {
+                acc[g][0] += p[g][t] * v0;
+                acc[g][1] += p[g][t] * v1;
+            }
         }
         __syncthreads();  // p is rewritten by the next sub-chunk
     }
 
-#pragma unroll
     for (int g = 0; g < GQA; g++) {
+        red[pg][2 * pr] = acc[g][0];
+        red[pg][2 * pr + 1] = acc[g][1];
+        __syncthreads();
         const long long at = (long long)(kv * GQA + g) * SPLITS + split;
-        part_o[at * HEAD_DIM + d] = acc[g];
-        if (d == 0) {
-            part_ml[2 * at] = m_s[g];  // -inf with l = 0 for an empty split
+        for (int dd = tid; dd < HEAD_DIM; dd += THREADS) {
+            float o = 0.0f;
+#pragma unroll
+            for (int k = 0; k < PGROUPS; k++) o += red[k][dd];
+            part_o[at * HEAD_DIM + dd] = o;
+        }
+        if (tid == 0) {
+            part_ml[2 * at] = m_s[g];
             part_ml[2 * at + 1] = l_s[g];
         }
+        __syncthreads();
     }
 }
 
 // One block per query head, HEAD_DIM threads: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
                                              const float* __restrict__ part_ml,
-                                             float* __restrict__ out) {
+                                             const int* __restrict__ step,
+                                             float* __restrict__ out,
+                                             int max_seq) {
     const int h = blockIdx.x, d = threadIdx.x;
+    const int seq = min(step[STEP_POS] + 1, max_seq);
+    const int splits = (seq + chunk_len(seq) - 1) / chunk_len(seq);
     const float* ml = part_ml + (long long)h * SPLITS * 2;
     float m = NEG_INF;
-    for (int s = 0; s < SPLITS; s++) m = fmaxf(m, ml[2 * s]);
+    for (int s = 0; s < splits; s++) m = fmaxf(m, ml[2 * s]);
     float l = 0.0f, acc = 0.0f;
-    for (int s = 0; s < SPLITS; s++) {
-        if (ml[2 * s + 1] == 0.0f) continue;  // empty split
+    for (int s = 0; s < splits; s++) {
         const float w = expf(ml[2 * s] - m);
         l += ml[2 * s + 1] * w;
         acc += part_o[((long long)h * SPLITS + s) * HEAD_DIM + d] * w;

@@ -27,12 +27,13 @@ __device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
     return r;
 }
 
-// (hi or lo part of) x[k0], x[k0+1] and x[k0+8], x[k0+9] as the two B registers of an mma step.
-__device__ __forceinline__ uint2 b_fragment(float v0, float v1, float v2, float v3, bool lo) {
-    unsigned a = bf16x2(v0, v1), b = bf16x2(v2, v3);
+// The two B registers of an mma step for a lane: inputs 4t..4t+3 (see the column permutation in
+// awq_repack.cu), as their bf16 hi parts or as the lo remainders.
+__device__ __forceinline__ uint2 b_fragment(float4 v, bool lo) {
+    unsigned a = bf16x2(v.x, v.y), b = bf16x2(v.z, v.w);
     if (lo) {
-        a = bf16x2(v0 - __uint_as_float(a << 16), v1 - __uint_as_float(a & 0xffff0000u));
-        b = bf16x2(v2 - __uint_as_float(b << 16), v3 - __uint_as_float(b & 0xffff0000u));
+        a = bf16x2(v.x - __uint_as_float(a << 16), v.y - __uint_as_float(a & 0xffff0000u));
+        b = bf16x2(v.z - __uint_as_float(b << 16), v.w - __uint_as_float(b & 0xffff0000u));
     }
     return make_uint2(a, b);
 }
@@ -100,21 +101,26 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
         for (int kb = 0; kb < CH; kb++) cur[tp][kb] = load_stream(wp + (tp * (K / 64) + kb) * 32);
 
     // Stage x as B fragments while the first weights are in flight.
-    float inv = 1.0f;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
 #if NORM
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) ss += x[i] * x[i];
-    inv = rsqrtf(block_sum(ss, scratch) / K + eps);
+    for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
+        const float4 v = x4[i];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    const float inv = rsqrtf(block_sum(ss, scratch) / K + eps);
 #endif
     for (int i = threadIdx.x; i < STEPS * 8; i += blockDim.x) {
-        const int k = 16 * (i >> 3) + 2 * (i & 3);
-        float v[4] = {x[k], x[k + 1], x[k + 8], x[k + 9]};
+        const int k4 = 4 * (i >> 3) + (i & 3);  // x[4 k4 .. 4 k4 + 3]
+        float4 v = x4[k4];
 #if NORM
-        const int ks[4] = {k, k + 1, k + 8, k + 9};
-#pragma unroll
-        for (int e = 0; e < 4; e++) v[e] *= inv * f16_to_f32(norm_weight[ks[e]]);
+        const uint2 nw = reinterpret_cast<const uint2*>(norm_weight)[k4];
+        v.x *= inv * f16_to_f32(nw.x & 0xffff);
+        v.y *= inv * f16_to_f32(nw.x >> 16);
+        v.z *= inv * f16_to_f32(nw.y & 0xffff);
+        v.w *= inv * f16_to_f32(nw.y >> 16);
 #endif
-        xs[i] = b_fragment(v[0], v[1], v[2], v[3], (i & 4) != 0);
+        xs[i] = b_fragment(v, (i & 4) != 0);
     }
     __syncthreads();
 

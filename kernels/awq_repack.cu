@@ -4,8 +4,10 @@
 // (q|k|v) or interleaved (gate tile, up tile, gate tile, ...).
 //   weights: per tile, per 64 inputs, per lane of a warp, 4 words (one per 16-input mma step).
 //            Each word holds lane's 8 A-fragment values of an m16n8k16 mma (g = lane/4, t = lane%4):
-//            nibble i is row g + 8*(i&1), input 2t + 8*((i>>1)&1) + (i>>2) of the step, so that
-//            (word >> 4i) & 0x000F000F yields the fragment register i as two values.
+//            nibble i is row g + 8*(i&1) and fragment column 2t + 8*((i>>1)&1) + (i>>2), so that
+//            (word >> 4i) & 0x000F000F yields fragment register i as two values. Columns are
+//            permuted within a step, column 2t+e <- input 4t+e and 2t+8+e <- input 4t+2+e, so the
+//            matching B fragment of a lane is 4 consecutive inputs (one 16-byte load of x).
 //   scales:  f16 [tile][K/GROUP][16]
 //   zeros:   u64 [tile][K/GROUP], nibble r = zero point of row r.
 // AutoAWQ packs 8 output columns per int32, nibble i holding column 8c + [0,2,4,6,1,3,5,7][i]:
@@ -30,12 +32,12 @@ extern "C" __global__ void awq_repack(const unsigned* __restrict__ qweight,  // 
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < (K / 16) * 32) {
         const int step = idx >> 5, lane = idx & 31;
-        const int row0 = 16 * i + (lane >> 2), k0 = 16 * step + 2 * (lane & 3);
+        const int row0 = 16 * i + (lane >> 2), k0 = 16 * step + 4 * (lane & 3);
         unsigned word = 0;
 #pragma unroll
         for (int nib = 0; nib < 8; nib++) {
             const int row = row0 + 8 * (nib & 1);
-            const int k = k0 + 8 * ((nib >> 1) & 1) + (nib >> 2);
+            const int k = k0 + 2 * ((nib >> 1) & 1) + (nib >> 2);
             word |= awq_value(qweight, N / 8, k, row) << (4 * nib);
         }
         w_out[((pt * (K / 64) + step / 4) * 32 + lane) * 4 + step % 4] = word;

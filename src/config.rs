@@ -107,11 +107,8 @@ impl Qwen3Config {
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if !self.head_dim.is_multiple_of(32) || self.head_dim > 256 {
-            return bad(format!(
-                "head_dim {} is not supported (a multiple of 32, at most 256)",
-                self.head_dim
-            ));
+        if ![32, 64, 128, 256].contains(&self.head_dim) {
+            return bad(format!("head_dim {} is not supported (32, 64, 128 or 256)", self.head_dim));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));

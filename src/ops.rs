@@ -5,14 +5,8 @@ use crate::cuda::executor::Executor;
 use crate::cuda::kernel::Epilogue;
 use crate::cuda::launch::{self, HeadShape, STEP_LEN};
 use crate::error::{ensure, Result};
+pub use crate::model::awq_linear::AwqHost;
 use crate::model::awq_linear::{AwqLinear, Stacking};
-
-/// One AutoAWQ linear as stored in a checkpoint: qweight [k][n/8], qzeros [k/g][n/8], scales [k/g][n].
-pub struct AwqHost<'a> {
-    pub qweight: &'a [u32],
-    pub qzeros: &'a [u32],
-    pub scales: &'a [u16],
-}
 
 fn step(ex: &Executor, token: i32, pos: i32) -> Result<cudarc::driver::CudaSlice<i32>> {
     ex.upload(&[token, pos][..STEP_LEN], "step")
@@ -63,6 +57,7 @@ pub fn awq_gemv(
         },
     )?;
     for l in linears {
+        ensure(l.n == n, || format!("linears of {} and {n} outputs cannot be fused", l.n))?;
         ensure(
             l.qweight.len() == k * n / 8
                 && l.qzeros.len() == k / group * n / 8
@@ -70,9 +65,8 @@ pub fn awq_gemv(
             || format!("AWQ tensors do not match k {k}, n {n}, group {group}"),
         )?;
     }
-    let host: Vec<_> = linears.iter().map(|l| (l.qweight, l.qzeros, l.scales, n)).collect();
     let stacking = if epilogue == Epilogue::SiluMul { Stacking::Interleave } else { Stacking::Concat };
-    let w = AwqLinear::from_parts(ex, &host, k, group, stacking, "weight")?;
+    let w = AwqLinear::from_parts(ex, linears, k, group, stacking, "weight")?;
     let xd = ex.upload(x, "x")?;
     let mut y = match residual {
         Some(r) => {
@@ -108,8 +102,7 @@ pub fn half_gemv(ex: &Executor, x: &[f32], w: &[u16]) -> Result<Vec<f32>> {
 
 fn check_heads(shape: HeadShape) -> Result<()> {
     ensure(
-        shape.head_dim.is_multiple_of(32)
-            && shape.head_dim <= 256
+        [32, 64, 128, 256].contains(&shape.head_dim)
             && shape.n_kv_heads > 0
             && shape.n_heads.is_multiple_of(shape.n_kv_heads),
         || format!("unsupported head shape {shape:?}"),

@@ -308,7 +308,7 @@ impl AwqArrays {
     }
 
     fn host(&self) -> ops::AwqHost<'_> {
-        ops::AwqHost { qweight: &self.qweight, qzeros: &self.qzeros, scales: &self.scales }
+        ops::AwqHost { qweight: &self.qweight, qzeros: &self.qzeros, scales: &self.scales, n: self.n }
     }
 }
 

@@ -262,7 +262,8 @@ def attention_ref(q, k_cache, v_cache, nh):
 # denominator and sum_t p_t v_t) add ~sqrt(T) U: with 16 sqrt(T) U of headroom. All of these are relative to
 # sum_t p_t |v_t|, hence tol = (2 ds + 1e-5 + 16 sqrt(T) U) * sum_t p_t |v_t|. The cache is fp16 in both
 # kernel and reference, so its rounding is not an error here; rounding p to fp16 (2^-11) would be.
-ATT_SHAPES = [(32, 8, 128), (8, 2, 128), (4, 2, 64), (4, 1, 64)]
+# GQA ratios 4, 2 and 1 (plain multi-head), head_dim 64 and 128.
+ATT_SHAPES = [(32, 8, 128), (8, 2, 128), (4, 2, 64), (4, 1, 64), (8, 8, 128), (4, 4, 64)]
 
 
 def check_attention(ops, q, k_cache, v_cache, nh, what):
@@ -283,6 +284,16 @@ def test_attention(ops, rng, nh, nkv, hd, T, score_std):
     k_cache = (rng.standard_normal((nkv, T, hd)) * a).astype(np.float16)
     v_cache = rng.standard_normal((nkv, T, hd)).astype(np.float16)
     check_attention(ops, q, k_cache, v_cache, nh, f"T={T} nh={nh} nkv={nkv} hd={hd}")
+
+
+# The longest Qwen3-8B context (max_position_embeddings 40960): many sub-chunks per split.
+@pytest.mark.parametrize("T", [40960])
+def test_attention_longest_context(ops, rng, T):
+    nh, nkv, hd = 32, 8, 128
+    q = (rng.standard_normal(nh * hd) * 2).astype(np.float32)
+    k_cache = (rng.standard_normal((nkv, T, hd)) * 2).astype(np.float16)
+    v_cache = rng.standard_normal((nkv, T, hd)).astype(np.float16)
+    check_attention(ops, q, k_cache, v_cache, nh, f"T={T}")
 
 
 @pytest.mark.parametrize("needle", [0, 31, 32, 1023, 1024, 2048, 4095, 4096])

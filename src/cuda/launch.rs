@@ -108,6 +108,7 @@ impl AwqRepack {
     }
 
     /// Local tile i (rows 16i..16i+16) lands in tile `tile_offset + i * tile_stride` of `out`.
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         s: &CudaStream,
@@ -388,9 +389,10 @@ impl Attention {
     /// Positions per sub-chunk: GQA x SUB scores live in shared memory.
     const SUB: usize = 64;
 
-    /// Splits per KV head: about 256 blocks in all, enough to fill the GPU at any context.
+    /// Splits per KV head: about 1024 blocks in all at long contexts, enough to keep every SM
+    /// streaming; short contexts use only as many splits as they have sub-chunks.
     fn splits(shape: HeadShape) -> usize {
-        (256 / shape.n_kv_heads.max(1)).clamp(8, 128)
+        (1024 / shape.n_kv_heads.max(1)).clamp(16, 256)
     }
 
     pub fn kernel_type(shape: HeadShape) -> KernelType {
@@ -441,11 +443,10 @@ impl Attention {
         )?;
         let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
-        let threads = sh.head_dim as u32;
         // SAFETY: attention_partial reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV
-        // head (the caches hold max_seq rows, checked above) and writes one scratch entry per
-        // (query head, split), sized for SPLITS. attention_combine reads those entries and writes
-        // out[0..N_HEADS*HEAD_DIM).
+        // head (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps rows 16-byte
+        // aligned) and writes the scratch entries of the splits holding positions, sized for
+        // SPLITS. attention_combine reads those same entries and writes out[0..N_HEADS*HEAD_DIM).
         unsafe {
             s.launch_builder(&self.partial)
                 .arg(q)
@@ -456,12 +457,14 @@ impl Attention {
                 .arg(&mut self.part_ml)
                 .arg(&max_seq)
                 .arg(&scale)
-                .launch(cfg((sh.n_kv_heads as u32, self.splits as u32), threads))?;
+                .launch(cfg((sh.n_kv_heads as u32, self.splits as u32), 128))?;
             s.launch_builder(&self.combine)
                 .arg(&self.part_o)
                 .arg(&self.part_ml)
+                .arg(step)
                 .arg(out)
-                .launch(cfg((sh.n_heads as u32, 1), threads))?;
+                .arg(&max_seq)
+                .launch(cfg((sh.n_heads as u32, 1), sh.head_dim as u32))?;
         }
         Ok(())
     }

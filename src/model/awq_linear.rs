@@ -30,6 +30,14 @@ pub struct AwqLinear {
     pub group: usize,
 }
 
+/// One AutoAWQ linear as stored in a checkpoint: qweight [k][n/8], qzeros [k/g][n/8], scales [k/g][n].
+pub struct AwqHost<'a> {
+    pub qweight: &'a [u32],
+    pub qzeros: &'a [u32],
+    pub scales: &'a [u16],
+    pub n: usize,
+}
+
 /// How the parts of a stacked linear are arranged.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Stacking {
@@ -85,26 +93,25 @@ impl AwqLinear {
         )
     }
 
-    /// Stacks host AWQ linears (qweight, qzeros, scales, outputs), all over `k` inputs.
+    /// Stacks host AWQ linears, all over `k` inputs.
     pub fn from_parts(
         ex: &Executor,
-        parts: &[(&[u32], &[u32], &[u16], usize)],
+        parts: &[AwqHost],
         k: usize,
         group: usize,
         stacking: Stacking,
         what: &str,
     ) -> Result<Self> {
-        let rows = parts.iter().map(|p| p.3).sum();
+        let rows = parts.iter().map(|p| p.n).sum();
         let mut out = Self::alloc(ex, k, rows, group, what)?;
         let mut tile = 0;
-        for (i, &(qweight, qzeros, scales, n)) in parts.iter().enumerate() {
-            match stacking {
-                Stacking::Concat => {
-                    out.repack(ex, qweight, qzeros, scales, n, tile, 1)?;
-                    tile += n / 16;
-                }
-                Stacking::Interleave => out.repack(ex, qweight, qzeros, scales, n, i, parts.len())?,
-            }
+        for (i, p) in parts.iter().enumerate() {
+            let (offset, stride) = match stacking {
+                Stacking::Concat => (tile, 1),
+                Stacking::Interleave => (i, parts.len()),
+            };
+            out.repack(ex, p.qweight, p.qzeros, p.scales, p.n, offset, stride)?;
+            tile += p.n / 16;
         }
         Ok(out)
     }
@@ -126,7 +133,8 @@ impl AwqLinear {
                 Ok((words(ckpt, &t("qweight"))?, words(ckpt, &t("qzeros"))?, halves(ckpt, &t("scales"))?, n))
             })
             .collect::<Result<Vec<_>>>()?;
-        let parts: Vec<_> = host.iter().map(|(w, z, s, n)| (&w[..], &z[..], &s[..], *n)).collect();
+        let parts: Vec<_> =
+            host.iter().map(|(w, z, s, n)| AwqHost { qweight: w, qzeros: z, scales: s, n: *n }).collect();
         Self::from_parts(ex, &parts, k, group, stacking, prefixes.first().map_or("", |p| p.0))
     }
 }
