@@ -12,6 +12,7 @@ __device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
 extern "C" __global__ void argmax(const float* __restrict__ x, int* __restrict__ out, int advance) {
     __shared__ float vs[32];
     __shared__ int is[32];
+    pdl_wait();
     float v = -__int_as_float(0x7f800000);
     int idx = 0x7fffffff;
     for (int i = threadIdx.x; i < N; i += blockDim.x) better(v, idx, x[i], i);

@@ -36,6 +36,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     __shared__ float p[GQA][SUB];
     __shared__ float m_s[GQA], l_s[GQA], rescale[GQA];
     __shared__ float red[PGROUPS][HEAD_DIM];
+    pdl_wait();
+    pdl_trigger();
     const int kv = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
     const int seq = min(step[STEP_POS] + 1, max_seq);
@@ -152,6 +154,8 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
                                              const int* __restrict__ step,
                                              float* __restrict__ out,
                                              int max_seq) {
+    pdl_wait();
+    pdl_trigger();
     const int h = blockIdx.x, d = threadIdx.x;
     const int seq = min(step[STEP_POS] + 1, max_seq);
     const int splits = (seq + chunk_len(seq) - 1) / chunk_len(seq);

@@ -38,6 +38,13 @@ __device__ __forceinline__ uint2 b_fragment(float4 v, bool lo) {
     return make_uint2(a, b);
 }
 
+// B fragments of the 4 mma steps of 64-input block kb of this warp's slice; only lanes 0-7 carry
+// data (columns 0 and 1 of the n8 tile), the rest feed zeros.
+__device__ __forceinline__ void load_b(uint2* b, const uint2* xb, int kb, int lane) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) b[j] = lane < 8 ? xb[(kb * 4 + j) * 8] : make_uint2(0u, 0u);
+}
+
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -100,7 +107,9 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
 #pragma unroll
         for (int kb = 0; kb < CH; kb++) cur[tp][kb] = load_stream(wp + (tp * (K / 64) + kb) * 32);
 
-    // Stage x as B fragments while the first weights are in flight.
+    // Stage x as B fragments while the first weights are in flight; x comes from the previous
+    // kernel, everything above only read weights.
+    pdl_wait();
     const float4* x4 = reinterpret_cast<const float4*>(x);
 #if NORM
     float ss = 0.0f;
@@ -129,6 +138,8 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
 #pragma unroll
     for (int tp = 0; tp < TPB; tp++) acc[tp][0] = acc[tp][1] = 0.0f;
     const uint2* xb = xs + warp * NKB * 4 * 8 + (lane & 7);
+    uint2 b[4];
+    load_b(b, xb, 0, lane);
 
 #pragma unroll
     for (int ch = 0; ch < NCH; ch++) {
@@ -142,12 +153,8 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
 #pragma unroll
         for (int kb = 0; kb < CH; kb++) {
             const int gkb = ch * CH + kb, gi = gkb / KB_PER_G;
-            uint2 b[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                b[j] = xb[(gkb * 4 + j) * 8];
-                if (lane >= 8) b[j] = make_uint2(0u, 0u);
-            }
+            uint2 b_next[4];  // shared-memory loads one 64-input block ahead
+            if (gkb + 1 < NKB) load_b(b_next, xb, gkb + 1, lane);
 #pragma unroll
             for (int tp = 0; tp < TPB; tp++) {
                 if (gkb % KB_PER_G == 0) c[tp][0] = c[tp][1] = c[tp][2] = c[tp][3] = 0.0f;
@@ -163,6 +170,10 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
                     acc[tp][1] += scale[tp][gi][1] * (c[tp][2] + c[tp][3]);
                 }
             }
+            if (gkb + 1 < NKB) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) b[j] = b_next[j];
+            }
         }
         if (ch + 1 < NCH) {
 #pragma unroll
@@ -172,6 +183,7 @@ extern "C" __global__ void __launch_bounds__(KSPLIT * 32) awq_gemv(const float* 
         }
     }
 
+    pdl_trigger();
     // Columns 0 (hi) and 1 (lo) of the mma output live in lanes with t == 0.
     if ((lane & 3) == 0) {
 #pragma unroll

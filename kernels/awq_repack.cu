@@ -27,6 +27,7 @@ extern "C" __global__ void awq_repack(const unsigned* __restrict__ qweight,  // 
                                       unsigned long long* __restrict__ z_out,
                                       int tile_offset,
                                       int tile_stride) {
+    pdl_wait();
     const int i = blockIdx.y;  // local tile
     const long long pt = tile_offset + (long long)i * tile_stride;
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;

@@ -40,6 +40,22 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Programmatic dependent launch (sm_90+): a kernel may start while the previous kernel on the
+// stream is still running. pdl_wait() blocks until that kernel has finished and its writes are
+// visible: everything before it may only read data no earlier kernel writes (weights).
+// pdl_trigger() lets the next kernel start launching early.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Each decode step reads its token and position from device memory, so one captured launch
 // sequence serves every step: step[0] = token id, step[1] = position.
 #define STEP_TOKEN 0

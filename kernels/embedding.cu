@@ -4,6 +4,8 @@
 extern "C" __global__ void embedding(const int* __restrict__ step,
                                      const f16_t* __restrict__ table,
                                      float* __restrict__ out) {
+    pdl_wait();
+    pdl_trigger();
     int token = step[STEP_TOKEN];
     // Ids are validated on the host; a bad id here still never reads out of bounds.
     if (token < 0 || token >= VOCAB) token = 0;

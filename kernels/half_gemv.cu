@@ -4,6 +4,8 @@
 extern "C" __global__ void half_gemv(const float* __restrict__ x,
                                      const f16_t* __restrict__ w,
                                      float* __restrict__ y) {
+    pdl_wait();
+    pdl_trigger();
     const int lane = threadIdx.x & 31;
     const int n = blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (n >= N) return;

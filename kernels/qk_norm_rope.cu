@@ -17,6 +17,8 @@ extern "C" __global__ void qk_norm_rope(const float* __restrict__ qkv,
                                         float rope_theta) {
     __shared__ float scratch[32];
     __shared__ float normed[HEAD_DIM];
+    pdl_wait();
+    pdl_trigger();
     const int head = blockIdx.x, i = threadIdx.x;
     const int pos = step[STEP_POS];
     if (pos < 0 || pos >= max_seq) return;  // validated on the host; never write out of bounds

@@ -6,6 +6,8 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x,
                                     float* __restrict__ out,
                                     float eps) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_trigger();
     float ss = 0.0f;
     for (int i = threadIdx.x; i < HIDDEN; i += blockDim.x) ss += x[i] * x[i];
     const float inv = rsqrtf(block_sum(ss, scratch) / HIDDEN + eps);

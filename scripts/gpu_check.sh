@@ -23,6 +23,6 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     .carry/bin/kernels --bench --noplot 2>&1 | tee "$OUT/bench-kernels.log" | grep -v "^Benchmarking\|^ *$"
-    python3 -m qwen3_rs bench --peers 2>&1 | tee "$OUT/bench-e2e.log"
+    python3 -m qwen3_rs bench --peers --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-e2e.log"
 fi
 exit "$status"

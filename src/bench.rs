@@ -86,6 +86,7 @@ pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     let x = ex.upload(&random_floats(k, 8), "x")?;
     let mut y: CudaSlice<f32> = ex.zeros(n, "logits")?;
     let lm_head = HalfGemv::new(ex, k, n)?;
+    ex.synchronize()?; // weights in place before any GEMV prologue reads them
     cases.push(Case {
         name: "lm_head 4096->151936 fp16".into(),
         bytes: n * k * 2,

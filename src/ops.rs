@@ -67,6 +67,8 @@ pub fn awq_gemv(
     }
     let stacking = if epilogue == Epilogue::SiluMul { Stacking::Interleave } else { Stacking::Concat };
     let w = AwqLinear::from_parts(ex, linears, k, group, stacking, "weight")?;
+    // The GEMV reads its weights before waiting on the previous kernel (PDL): finish the repack.
+    ex.synchronize()?;
     let xd = ex.upload(x, "x")?;
     let mut y = match residual {
         Some(r) => {

@@ -1,6 +1,7 @@
 """Command line: `python -m qwen3_rs bench ...`."""
 
 import argparse
+import os
 import sys
 
 
@@ -9,6 +10,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="decode tok/s against the memory-bandwidth floor")
     bench.add_argument("--model", help="model directory (default: a random Qwen3-8B-AWQ-shaped checkpoint)")
+    bench.add_argument(
+        "--random-model-dir", help="where to write (once) and reuse the random checkpoint instead of a temporary one"
+    )
     bench.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
     bench.add_argument("--steps", type=int, default=64, help="decode steps timed per context")
     bench.add_argument("--device", type=int, default=0)
@@ -20,7 +24,13 @@ def main(argv=None) -> int:
 
     if args.peers:
         b.torch_peers(args.device)
-    b.run(args.model, args.contexts, args.steps, args.device, cuda_graphs=not args.no_cuda_graphs)
+    model = args.model
+    if model is None and args.random_model_dir:
+        model = args.random_model_dir
+        if not os.path.exists(os.path.join(model, "config.json")):
+            size = b.write_random_checkpoint(model)
+            print(f"wrote a random Qwen3-8B-AWQ-shaped checkpoint to {model}: {size / 1e9:.2f} GB")
+    b.run(model, args.contexts, args.steps, args.device, cuda_graphs=not args.no_cuda_graphs)
     return 0
 
 

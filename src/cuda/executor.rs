@@ -35,6 +35,7 @@ pub struct Executor {
     stream: Arc<CudaStream>,
     ordinal: usize,
     arch: String,
+    pdl: bool,
     cache_dir: Option<PathBuf>,
     modules: RwLock<HashMap<KernelType, Arc<CudaModule>>>,
 }
@@ -65,6 +66,7 @@ impl Executor {
             stream,
             ordinal,
             arch: format!("sm_{major}{minor}"),
+            pdl: major >= 9 && std::env::var_os("QWEN3_RS_NO_PDL").is_none(),
             cache_dir: compile::default_cache_dir(),
             modules: RwLock::new(HashMap::new()),
         })
@@ -80,6 +82,12 @@ impl Executor {
 
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// Whether launches use programmatic dependent launch (Hopper and newer), letting each
+    /// kernel's prologue overlap the previous kernel's tail.
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     /// (free, total) device memory in bytes.

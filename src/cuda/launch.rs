@@ -2,8 +2,10 @@
 //! the buffers it is handed against that shape, and only then launches; the `// SAFETY:` notes
 //! state what the kernel reads and writes so the checks can be judged against them.
 
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+
+use cudarc::driver::sys::{self, CUfunction_attribute};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::cuda::executor::Executor;
 use crate::cuda::kernel::{Epilogue, GemvGeometry, KernelType, GEMV_WARPS};
@@ -18,6 +20,66 @@ fn check(ok: bool, kernel: &KernelType, what: impl FnOnce() -> String) -> Result
     }
 }
 
+/// Kernel arguments by value, in the kernel's parameter order; buffers pass their device address.
+struct Args(Vec<u64>);
+
+impl Args {
+    fn new() -> Self {
+        Args(Vec::with_capacity(12))
+    }
+
+    fn buf<T>(mut self, s: &CudaStream, b: &CudaSlice<T>) -> Self {
+        self.0.push(b.device_ptr(s).0);
+        self
+    }
+
+    fn buf_mut<T>(mut self, s: &CudaStream, b: &mut CudaSlice<T>) -> Self {
+        self.0.push(b.device_ptr_mut(s).0);
+        self
+    }
+
+    fn int(mut self, v: i32) -> Self {
+        self.0.push(v as u32 as u64);
+        self
+    }
+
+    fn float(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits() as u64);
+        self
+    }
+
+    /// Launches with `cuLaunchKernelEx`; with `pdl` the launch may begin while the previous
+    /// kernel on the stream is still running (programmatic dependent launch): every kernel waits
+    /// (`pdl_wait` in kernels/common.cuh) before touching what earlier kernels produce.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters in order and type, and every buffer must
+    /// hold what the kernel reads and writes with `c`.
+    unsafe fn launch(mut self, s: &CudaStream, f: &CudaFunction, c: LaunchConfig, pdl: bool) -> Result<()> {
+        s.context().bind_to_thread()?;
+        // Each 8-byte slot holds one argument; 4-byte arguments sit in its low (first) bytes.
+        let mut params: Vec<*mut c_void> = self.0.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: c.grid_dim.0,
+            gridDimY: c.grid_dim.1,
+            gridDimZ: c.grid_dim.2,
+            blockDimX: c.block_dim.0,
+            blockDimY: c.block_dim.1,
+            blockDimZ: c.block_dim.2,
+            sharedMemBytes: c.shared_mem_bytes,
+            hStream: s.cu_stream(),
+            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
+            numAttrs: pdl as u32,
+        };
+        sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
+            .result()?;
+        Ok(())
+    }
+}
+
 fn cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
@@ -27,6 +89,7 @@ pub const STEP_LEN: usize = 2;
 
 pub struct Embedding {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     hidden: usize,
     vocab: usize,
@@ -35,7 +98,7 @@ pub struct Embedding {
 impl Embedding {
     pub fn new(ex: &Executor, hidden: usize, vocab: usize) -> Result<Self> {
         let ty = KernelType::Embedding { hidden: hidden as u32, vocab: vocab as u32 };
-        Ok(Self { ty, f: ex.function(ty, "embedding")?, hidden, vocab })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "embedding")?, hidden, vocab })
     }
 
     pub fn launch(
@@ -53,13 +116,13 @@ impl Embedding {
         let c = cfg((self.hidden.div_ceil(256) as u32, 1), 256);
         // SAFETY: reads step[0] and one table row (the id is clamped to [0, VOCAB) in the kernel),
         // writes out[0..HIDDEN); all lengths checked above.
-        unsafe { s.launch_builder(&self.f).arg(step).arg(table).arg(out).launch(c) }?;
-        Ok(())
+        unsafe { Args::new().buf(s, step).buf(s, table).buf_mut(s, out).launch(s, &self.f, c, self.pdl) }
     }
 }
 
 pub struct RmsNorm {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     hidden: usize,
 }
@@ -67,7 +130,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(ex: &Executor, hidden: usize) -> Result<Self> {
         let ty = KernelType::RmsNorm { hidden: hidden as u32 };
-        Ok(Self { ty, f: ex.function(ty, "rms_norm")?, hidden })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "rms_norm")?, hidden })
     }
 
     pub fn launch(
@@ -86,15 +149,20 @@ impl RmsNorm {
         let threads = (self.hidden.min(1024) as u32).div_ceil(32) * 32;
         // SAFETY: reads x[0..HIDDEN) and weight[0..HIDDEN), writes out[0..HIDDEN); checked above.
         unsafe {
-            s.launch_builder(&self.f).arg(x).arg(weight).arg(out).arg(&eps).launch(cfg((1, 1), threads))
-        }?;
-        Ok(())
+            Args::new().buf(s, x).buf(s, weight).buf_mut(s, out).float(eps).launch(
+                s,
+                &self.f,
+                cfg((1, 1), threads),
+                self.pdl,
+            )
+        }
     }
 }
 
 /// Converts one AutoAWQ linear into 16-row tiles of an `AwqLinear` (kernels/awq_repack.cu).
 pub struct AwqRepack {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     k: usize,
     n: usize,
@@ -104,7 +172,7 @@ pub struct AwqRepack {
 impl AwqRepack {
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize) -> Result<Self> {
         let ty = KernelType::AwqRepack { k: k as u32, n: n as u32, group: group as u32 };
-        Ok(Self { ty, f: ex.function(ty, "awq_repack")?, k, n, group })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "awq_repack")?, k, n, group })
     }
 
     /// Local tile i (rows 16i..16i+16) lands in tile `tile_offset + i * tile_stride` of `out`.
@@ -148,24 +216,24 @@ impl AwqRepack {
         // offset + i * stride (i < N/16) of out's buffers, all inside out.rows / 16 tiles of K/8
         // words, K/GROUP * 16 scales and K/GROUP zero words each.
         unsafe {
-            s.launch_builder(&self.f)
-                .arg(qweight)
-                .arg(qzeros)
-                .arg(scales)
-                .arg(&mut out.weight)
-                .arg(&mut out.scales)
-                .arg(&mut out.zeros)
-                .arg(&offset)
-                .arg(&stride)
-                .launch(c)
-        }?;
-        Ok(())
+            Args::new()
+                .buf(s, qweight)
+                .buf(s, qzeros)
+                .buf(s, scales)
+                .buf_mut(s, &mut out.weight)
+                .buf_mut(s, &mut out.scales)
+                .buf_mut(s, &mut out.zeros)
+                .int(offset)
+                .int(stride)
+                .launch(s, &self.f, c, self.pdl)
+        }
     }
 }
 
 /// The tensor-core W4A16 GEMV (kernels/awq_gemv.cu), optionally fusing the input RMSNorm.
 pub struct AwqGemv {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     k: usize,
     n: usize,
@@ -192,7 +260,7 @@ impl AwqGemv {
             GemvGeometry::shared_bytes(k) as i32,
         )?;
         let geometry = GemvGeometry::new(k, group, epilogue);
-        Ok(Self { ty, f, k, n, group, epilogue, norm, geometry })
+        Ok(Self { ty, pdl: ex.pdl(), f, k, n, group, epilogue, norm, geometry })
     }
 
     /// y = W x, y += W x, or y = silu(W_gate x) * (W_up x), by the epilogue; with `norm`
@@ -229,22 +297,22 @@ impl AwqGemv {
         // (or adds to) y[0..N); lengths checked above. x and y are distinct buffers; the dynamic
         // shared memory matches the kernel's [K/16][8] uint2 staging array.
         unsafe {
-            s.launch_builder(&self.f)
-                .arg(x)
-                .arg(norm_weight)
-                .arg(&eps)
-                .arg(&w.weight)
-                .arg(&w.scales)
-                .arg(&w.zeros)
-                .arg(y)
-                .launch(c)
-        }?;
-        Ok(())
+            Args::new()
+                .buf(s, x)
+                .buf(s, norm_weight)
+                .float(eps)
+                .buf(s, &w.weight)
+                .buf(s, &w.scales)
+                .buf(s, &w.zeros)
+                .buf_mut(s, y)
+                .launch(s, &self.f, c, self.pdl)
+        }
     }
 }
 
 pub struct HalfGemv {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     k: usize,
     n: usize,
@@ -253,7 +321,7 @@ pub struct HalfGemv {
 impl HalfGemv {
     pub fn new(ex: &Executor, k: usize, n: usize) -> Result<Self> {
         let ty = KernelType::HalfGemv { k: k as u32, n: n as u32 };
-        Ok(Self { ty, f: ex.function(ty, "half_gemv")?, k, n })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "half_gemv")?, k, n })
     }
 
     pub fn launch(
@@ -271,8 +339,7 @@ impl HalfGemv {
         let c = cfg((self.n.div_ceil(GEMV_WARPS as usize) as u32, 1), 32 * GEMV_WARPS);
         // SAFETY: reads x[0..K) and w[0..N*K) in 16-byte vectors (K % 8 == 0 keeps rows aligned),
         // writes y[0..N); checked above.
-        unsafe { s.launch_builder(&self.f).arg(x).arg(w).arg(y).launch(c) }?;
-        Ok(())
+        unsafe { Args::new().buf(s, x).buf(s, w).buf_mut(s, y).launch(s, &self.f, c, self.pdl) }
     }
 }
 
@@ -297,6 +364,7 @@ impl HeadShape {
 
 pub struct QkNormRope {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     shape: HeadShape,
 }
@@ -312,7 +380,7 @@ impl QkNormRope {
 
     pub fn new(ex: &Executor, shape: HeadShape) -> Result<Self> {
         let ty = Self::kernel_type(shape);
-        Ok(Self { ty, f: ex.function(ty, "qk_norm_rope")?, shape })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "qk_norm_rope")?, shape })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -356,26 +424,26 @@ impl QkNormRope {
         // position is outside [0, max_seq)); writes q and one position of each cache, whose
         // lengths match max_seq as checked above.
         unsafe {
-            s.launch_builder(&self.f)
-                .arg(qkv)
-                .arg(q_norm)
-                .arg(k_norm)
-                .arg(step)
-                .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(&max_seq)
-                .arg(&eps)
-                .arg(&rope_theta)
-                .launch(c)
-        }?;
-        Ok(())
+            Args::new()
+                .buf(s, qkv)
+                .buf(s, q_norm)
+                .buf(s, k_norm)
+                .buf(s, step)
+                .buf_mut(s, q)
+                .buf_mut(s, k_cache)
+                .buf_mut(s, v_cache)
+                .int(max_seq)
+                .float(eps)
+                .float(rope_theta)
+                .launch(s, &self.f, c, self.pdl)
+        }
     }
 }
 
 /// Split-sequence decode attention and its scratch buffers for partial results.
 pub struct Attention {
     ty: KernelType,
+    pdl: bool,
     partial: CudaFunction,
     combine: CudaFunction,
     shape: HeadShape,
@@ -411,6 +479,7 @@ impl Attention {
         let splits = Self::splits(shape);
         Ok(Self {
             ty,
+            pdl: ex.pdl(),
             partial: ex.function(ty, "attention_partial")?,
             combine: ex.function(ty, "attention_combine")?,
             shape,
@@ -448,23 +517,23 @@ impl Attention {
         // aligned) and writes the scratch entries of the splits holding positions, sized for
         // SPLITS. attention_combine reads those same entries and writes out[0..N_HEADS*HEAD_DIM).
         unsafe {
-            s.launch_builder(&self.partial)
-                .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(step)
-                .arg(&mut self.part_o)
-                .arg(&mut self.part_ml)
-                .arg(&max_seq)
-                .arg(&scale)
-                .launch(cfg((sh.n_kv_heads as u32, self.splits as u32), 128))?;
-            s.launch_builder(&self.combine)
-                .arg(&self.part_o)
-                .arg(&self.part_ml)
-                .arg(step)
-                .arg(out)
-                .arg(&max_seq)
-                .launch(cfg((sh.n_heads as u32, 1), sh.head_dim as u32))?;
+            Args::new()
+                .buf(s, q)
+                .buf(s, k_cache)
+                .buf(s, v_cache)
+                .buf(s, step)
+                .buf_mut(s, &mut self.part_o)
+                .buf_mut(s, &mut self.part_ml)
+                .int(max_seq)
+                .float(scale)
+                .launch(s, &self.partial, cfg((sh.n_kv_heads as u32, self.splits as u32), 128), self.pdl)?;
+            Args::new()
+                .buf(s, &self.part_o)
+                .buf(s, &self.part_ml)
+                .buf(s, step)
+                .buf_mut(s, out)
+                .int(max_seq)
+                .launch(s, &self.combine, cfg((sh.n_heads as u32, 1), sh.head_dim as u32), self.pdl)?;
         }
         Ok(())
     }
@@ -472,6 +541,7 @@ impl Attention {
 
 pub struct Argmax {
     ty: KernelType,
+    pdl: bool,
     f: CudaFunction,
     n: usize,
 }
@@ -479,7 +549,7 @@ pub struct Argmax {
 impl Argmax {
     pub fn new(ex: &Executor, n: usize) -> Result<Self> {
         let ty = KernelType::Argmax { n: n as u32 };
-        Ok(Self { ty, f: ex.function(ty, "argmax")?, n })
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "argmax")?, n })
     }
 
     /// Writes the index of the largest of x[0..n) into out[0]; with `advance`, also adds one to
@@ -497,7 +567,8 @@ impl Argmax {
         })?;
         let advance = advance as i32;
         // SAFETY: reads x[0..N), writes out[0] (and out[1] when advancing); checked above.
-        unsafe { s.launch_builder(&self.f).arg(x).arg(out).arg(&advance).launch(cfg((1, 1), 1024)) }?;
-        Ok(())
+        unsafe {
+            Args::new().buf(s, x).buf_mut(s, out).int(advance).launch(s, &self.f, cfg((1, 1), 1024), self.pdl)
+        }
     }
 }
