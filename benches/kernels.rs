@@ -6,6 +6,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use qwen3_rs::bench::{attention_case, gemv_cases, Case};
 use qwen3_rs::cuda::executor::{device_count, Executor};
+use qwen3_rs::cuda::kernel::KvDtype;
 
 fn run_case(c: &mut Criterion, ex: &Executor, copy_bw: f64, mut case: Case, summary: &mut Vec<String>) {
     let mut group = c.benchmark_group("kernels");
@@ -47,8 +48,16 @@ fn kernels(c: &mut Criterion) {
     for case in gemv_cases(&ex).expect("GEMV cases") {
         run_case(c, &ex, copy_bw, case, &mut summary);
     }
-    for context in [512, 4096, 32768] {
-        run_case(c, &ex, copy_bw, attention_case(&ex, context).expect("attention case"), &mut summary);
+    for dtype in [KvDtype::Fp16, KvDtype::Q8] {
+        for context in [512, 4096, 32768] {
+            run_case(
+                c,
+                &ex,
+                copy_bw,
+                attention_case(&ex, context, dtype).expect("attention case"),
+                &mut summary,
+            );
+        }
     }
     println!("\n{}", summary.join("\n"));
 }

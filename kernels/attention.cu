@@ -6,14 +6,15 @@
 // (SPLITS per KV head) and the length comes from device memory, so one launch configuration serves
 // every step and no sequence length triggers a compile. Sub-chunks have a compile-time size (rows
 // past the end are clamped to the last valid row and masked), so every load is issued up front.
-// Defines: HEAD_DIM (multiple of 32, at most 256), N_HEADS, N_KV_HEADS, SPLITS, SUB.
+// The cache is fp16 or int8 with scales (kv_cache.cuh); int8 is dequantized in registers.
+// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, SUB, KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
 #define NEG_INF (-__int_as_float(0x7f800000))
 #define THREADS 128
 #define N_WARPS (THREADS / 32)
 #define LPP 4                   // lanes per position for q.k
-#define DPL (HEAD_DIM / LPP)    // head dims per lane, a multiple of 8 (16-byte loads)
+#define DPL (HEAD_DIM / LPP)    // head dims per lane, within one Q8 block
 #define QPAD (DPL + 4)          // padded q segment: the 4 lanes of a position hit different banks
 #define PPP (THREADS / LPP)     // positions per q.k pass
 #define PAIRS (HEAD_DIM / 2)    // p.v: each thread owns a pair of dims...
@@ -25,8 +26,10 @@ __device__ __forceinline__ int chunk_len(int seq) {
 
 extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     const float* __restrict__ q,        // [N_HEADS][HEAD_DIM]
-    const f16_t* __restrict__ k_cache,  // [N_KV_HEADS][max_seq][HEAD_DIM]
-    const f16_t* __restrict__ v_cache,
+    const kv_t* __restrict__ k_cache,  // [N_KV_HEADS][max_seq][HEAD_DIM]
+    const kv_t* __restrict__ v_cache,
+    const f16_t* __restrict__ k_scale,  // [N_KV_HEADS][max_seq][HEAD_DIM / Q8_BLOCK] (int8 cache)
+    const f16_t* __restrict__ v_scale,
     const int* __restrict__ step,
     float* __restrict__ part_o,   // [N_HEADS][SPLITS][HEAD_DIM]
     float* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]
@@ -60,30 +63,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     for (int g = 0; g < GQA; g++) acc[g][0] = acc[g][1] = 0.0f;
     __syncthreads();
 
-    const f16_t* k_head = k_cache + (long long)kv * max_seq * HEAD_DIM;
-    const f16_t* v_head = v_cache + (long long)kv * max_seq * HEAD_DIM;
+    const long long head_row = (long long)kv * max_seq;
     for (int t0 = start; t0 < end; t0 += SUB) {
         const int last = end - 1 - t0;  // last valid offset in this sub-chunk
         // q.k: LPP lanes per position, DPL dims each (16-byte loads).
 #pragma unroll
         for (int pass = 0; pass < SUB / PPP; pass++) {
             const int t = pass * PPP + qt;
-            const uint4* kr = reinterpret_cast<const uint4*>(k_head + (long long)(t0 + min(t, last)) * HEAD_DIM + qj * DPL);
-            uint4 kw[DPL / 8];
-#pragma unroll
-            for (int e = 0; e < DPL / 8; e++) kw[e] = kr[e];
+            float kf[DPL];
+            kv_load<DPL>(k_cache, k_scale, head_row + t0 + min(t, last), qj * DPL, kf);
 #pragma unroll
             for (int g = 0; g < GQA; g++) {
                 float s = 0.0f;
 #pragma unroll
-                for (int e = 0; e < DPL / 8; e++) {
-                    const unsigned w4[4] = {kw[e].x, kw[e].y, kw[e].z, kw[e].w};
-#pragma unroll
-                    for (int h = 0; h < 4; h++) {
-                        s += qs[g][qj][8 * e + 2 * h] * f16_to_f32(w4[h] & 0xffff);
-                        s += qs[g][qj][8 * e + 2 * h + 1] * f16_to_f32(w4[h] >> 16);
-                    }
-                }
+                for (int e = 0; e < DPL; e++) s += qs[g][qj][e] * kf[e];
                 s += __shfl_xor_sync(0xffffffffu, s, 1);
                 s += __shfl_xor_sync(0xffffffffu, s, 2);
                 if (qj == 0) p[g][t] = t <= last ? s : NEG_INF;
@@ -118,12 +111,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
         }
 #pragma unroll 8
         for (int t = pg; t < SUB; t += PGROUPS) {
-            const unsigned v2 = *reinterpret_cast<const unsigned*>(v_head + (long long)(t0 + min(t, last)) * HEAD_DIM + 2 * pr);
-            const float v0 = f16_to_f32(v2 & 0xffff), v1 = f16_to_f32(v2 >> 16);
+            float v[2];
+            kv_load2(v_cache, v_scale, head_row + t0 + min(t, last), 2 * pr, v);
 #pragma unroll
             for (int g = 0; g < GQA; g++) {
-                acc[g][0] += p[g][t] * v0;
-                acc[g][1] += p[g][t] * v1;
+                acc[g][0] += p[g][t] * v[0];
+                acc[g][1] += p[g][t] * v[1];
             }
         }
         __syncthreads();  // p is rewritten by the next sub-chunk

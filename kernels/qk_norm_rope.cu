@@ -2,21 +2,24 @@
 // Input: the fused q|k|v projection, fp32 [(N_HEADS + 2*N_KV_HEADS) * HEAD_DIM].
 // Block b < N_HEADS: query head -> q_out (fp32). Next N_KV_HEADS blocks: key heads -> k_cache at
 // the step's position; last N_KV_HEADS: value heads (no norm, no RoPE) -> v_cache.
-// Cache layout: [N_KV_HEADS][max_seq][HEAD_DIM] fp16. blockDim.x == HEAD_DIM.
-// Defines: HEAD_DIM, N_HEADS, N_KV_HEADS.
+// Cache layout: [N_KV_HEADS][max_seq][HEAD_DIM] in the cache's storage (kv_cache.cuh).
+// blockDim.x == HEAD_DIM. Defines: HEAD_DIM, N_HEADS, N_KV_HEADS, KV_Q8, Q8_BLOCK.
 
 extern "C" __global__ void qk_norm_rope(const float* __restrict__ qkv,
                                         const f16_t* __restrict__ q_norm,
                                         const f16_t* __restrict__ k_norm,
                                         const int* __restrict__ step,
                                         float* __restrict__ q_out,
-                                        f16_t* __restrict__ k_cache,
-                                        f16_t* __restrict__ v_cache,
+                                        kv_t* __restrict__ k_cache,
+                                        kv_t* __restrict__ v_cache,
+                                        f16_t* __restrict__ k_scale,
+                                        f16_t* __restrict__ v_scale,
                                         int max_seq,
                                         float eps,
                                         float rope_theta) {
     __shared__ float scratch[32];
     __shared__ float normed[HEAD_DIM];
+    __shared__ float wmax[HEAD_DIM / 32];
     pdl_wait();
     pdl_trigger();
     const int head = blockIdx.x, i = threadIdx.x;
@@ -25,7 +28,7 @@ extern "C" __global__ void qk_norm_rope(const float* __restrict__ qkv,
     const float v = qkv[head * HEAD_DIM + i];
     if (head >= N_HEADS + N_KV_HEADS) {
         const int kv = head - N_HEADS - N_KV_HEADS;
-        v_cache[((long long)kv * max_seq + pos) * HEAD_DIM + i] = f32_to_f16(v);
+        kv_store(v_cache, v_scale, (long long)kv * max_seq + pos, i, v, wmax);
         return;
     }
     const bool is_q = head < N_HEADS;
@@ -43,6 +46,6 @@ extern "C" __global__ void qk_norm_rope(const float* __restrict__ qkv,
         q_out[head * HEAD_DIM + i] = out;
     } else {
         const int kv = head - N_HEADS;
-        k_cache[((long long)kv * max_seq + pos) * HEAD_DIM + i] = f32_to_f16(out);
+        kv_store(k_cache, k_scale, (long long)kv * max_seq + pos, i, out, wmax);
     }
 }

@@ -4,9 +4,10 @@
 use cudarc::driver::CudaSlice;
 
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::Epilogue;
+use crate::cuda::kernel::{Epilogue, KvDtype};
 use crate::cuda::launch::{Attention, AwqGemv, HalfGemv, HeadShape, STEP_LEN};
 use crate::error::Result;
+use crate::kv_cache::KvLayer;
 use crate::model::awq_linear::AwqLinear;
 
 /// A deterministic pseudo-random fill (xorshift), so no RNG crate is needed.
@@ -95,20 +96,34 @@ pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over an
-/// fp16 cache of `context` positions.
-pub fn attention_case(ex: &Executor, context: usize) -> Result<Case> {
+/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
+/// of `context` positions in `dtype`.
+pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<Case> {
     let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
-    let len = shape.cache_len(context);
-    let k = ex.upload(&random_halves(len, 11), "k cache")?;
-    let v = ex.upload(&random_halves(len, 12), "v cache")?;
-    let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 13), "q")?;
+    let mut cache = KvLayer::new(ex, shape, context, dtype)?;
+    let (values, scales) = KvLayer::lens(shape, context, dtype);
+    let bytes_of = |seed| -> Vec<u8> {
+        match dtype {
+            KvDtype::Fp16 => {
+                random_halves(values / 2, seed).into_iter().flat_map(|h| h.to_le_bytes()).collect()
+            }
+            KvDtype::Q8 => random_words(values, seed).into_iter().map(|w| w as u8).collect(),
+        }
+    };
+    cache.k = ex.upload(&bytes_of(11), "k cache")?;
+    cache.v = ex.upload(&bytes_of(12), "v cache")?;
+    if scales > 0 {
+        cache.k_scale = ex.upload(&random_halves(scales, 13), "k scales")?;
+        cache.v_scale = ex.upload(&random_halves(scales, 14), "v scales")?;
+    }
+    let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 15), "q")?;
     let step = ex.upload(&[0i32, context as i32 - 1][..STEP_LEN], "step")?;
     let mut out: CudaSlice<f32> = ex.zeros(shape.n_heads * shape.head_dim, "out")?;
-    let mut attention = Attention::new(ex, shape, context)?;
+    let mut attention = Attention::new(ex, shape, context, dtype)?;
+    ex.synchronize()?;
     Ok(Case {
-        name: format!("attention fp16 KV, context {context}"),
-        bytes: 2 * len * 2,
-        run: Box::new(move |ex| attention.launch(ex.stream(), &q, &k, &v, &step, &mut out)),
+        name: format!("attention {dtype:?} KV, context {context}"),
+        bytes: 2 * (values + 2 * scales),
+        run: Box::new(move |ex| attention.launch(ex.stream(), &q, &cache, &step, &mut out)),
     })
 }

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
+use crate::cuda::kernel::KvDtype;
 use crate::error::{ensure, Error, Result};
-use crate::model::qwen3::Qwen3Model;
+use crate::model::qwen3::{ModelOptions, Qwen3Model};
 use crate::weights::Checkpoint;
 
 pub struct EngineOptions {
@@ -14,11 +15,12 @@ pub struct EngineOptions {
     pub max_seq_len: Option<usize>,
     /// Replay each decode step from a CUDA graph (one launch instead of hundreds).
     pub cuda_graphs: bool,
+    pub kv_cache_dtype: KvDtype,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { device: 0, max_seq_len: None, cuda_graphs: true }
+        EngineOptions { device: 0, max_seq_len: None, cuda_graphs: true, kv_cache_dtype: KvDtype::Fp16 }
     }
 }
 
@@ -49,7 +51,9 @@ impl Engine {
             }
         };
         let ex = Executor::new(opts.device)?;
-        let need = Qwen3Model::device_bytes(&config, max_seq);
+        let model_opts =
+            ModelOptions { max_seq, cuda_graphs: opts.cuda_graphs, kv_dtype: opts.kv_cache_dtype };
+        let need = Qwen3Model::device_bytes(&config, &model_opts);
         let (free, _) = ex.memory_info()?;
         if need > free {
             return Err(Error::OutOfMemory(format!(
@@ -58,7 +62,7 @@ impl Engine {
                 opts.device
             )));
         }
-        let model = Qwen3Model::load(ex, config, &ckpt, max_seq, opts.cuda_graphs)?;
+        let model = Qwen3Model::load(ex, config, &ckpt, &model_opts)?;
         Ok(Engine { model, warnings })
     }
 
@@ -68,6 +72,21 @@ impl Engine {
 
     pub fn max_seq_len(&self) -> usize {
         self.model.max_seq()
+    }
+
+    pub fn kv_cache_dtype(&self) -> KvDtype {
+        self.model.kv_dtype()
+    }
+
+    /// KV-cache bytes per position (all layers, scales included) and allocated in all.
+    pub fn kv_cache_bytes(&self) -> (usize, usize) {
+        self.model.kv_bytes()
+    }
+
+    /// One layer's cached K and V for the first `len` positions of the last sequence, as fp32
+    /// [n_kv_heads][len][head_dim] (for inspection and tests).
+    pub fn kv_cache(&self, layer: usize, len: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.model.kv_cache(layer, len)
     }
 
     fn check_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {

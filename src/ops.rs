@@ -2,9 +2,12 @@
 //! each kernel against an independent reference through these; the engine does not use them.
 
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::Epilogue;
+use cudarc::driver::CudaSlice;
+
+use crate::cuda::kernel::{Epilogue, KvDtype};
 use crate::cuda::launch::{self, HeadShape, STEP_LEN};
 use crate::error::{ensure, Result};
+use crate::kv_cache::KvLayer;
 pub use crate::model::awq_linear::AwqHost;
 use crate::model::awq_linear::{AwqLinear, Stacking};
 
@@ -111,7 +114,17 @@ fn check_heads(shape: HeadShape) -> Result<()> {
     )
 }
 
-/// Returns (q, k, v) with k and v read back from the fp16 cache row at `pos`.
+/// A KV cache on the host: values as raw bytes of `dtype` ([n_kv_heads][seq][head_dim]) and, for
+/// int8, one fp16 scale per `KvDtype::q8_block` values.
+pub struct KvHost<'a> {
+    pub dtype: KvDtype,
+    pub k: &'a [u8],
+    pub v: &'a [u8],
+    pub k_scale: &'a [u16],
+    pub v_scale: &'a [u16],
+}
+
+/// Returns (q, k, v); k and v are read back from the cache row at `pos` (dequantized for int8).
 #[allow(clippy::too_many_arguments)]
 pub fn qk_norm_rope(
     ex: &Executor,
@@ -122,6 +135,7 @@ pub fn qk_norm_rope(
     pos: usize,
     rope_theta: f32,
     eps: f32,
+    dtype: KvDtype,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     check_heads(shape)?;
     let (hd, nh, nkv) = (shape.head_dim, shape.n_heads, shape.n_kv_heads);
@@ -133,50 +147,76 @@ pub fn qk_norm_rope(
         (ex.upload(qkv, "qkv")?, ex.upload(q_norm, "q_norm")?, ex.upload(k_norm, "k_norm")?);
     let step = step(ex, 0, pos as i32)?;
     let mut q = ex.zeros(nh * hd, "q")?;
-    let mut kc = ex.zeros(shape.cache_len(max_seq), "k cache")?;
-    let mut vc = ex.zeros(shape.cache_len(max_seq), "v cache")?;
-    launch::QkNormRope::new(ex, shape)?.launch(
+    let mut cache = KvLayer::new(ex, shape, max_seq, dtype)?;
+    launch::QkNormRope::new(ex, shape, dtype)?.launch(
         ex.stream(),
         &qkv_d,
         &qn,
         &kn,
         &step,
         &mut q,
-        &mut kc,
-        &mut vc,
+        &mut cache,
         max_seq,
         eps,
         rope_theta,
     )?;
-    let row = |cache: Vec<u16>| -> Vec<f32> {
-        (0..nkv)
-            .flat_map(|h| cache[(h * max_seq + pos) * hd..(h * max_seq + pos + 1) * hd].to_vec())
-            .map(|b| half::f16::from_bits(b).to_f32())
-            .collect()
+    let values = |bytes: &CudaSlice<u8>, scales: &CudaSlice<u16>| -> Result<Vec<f32>> {
+        let all = match dtype {
+            KvDtype::Fp16 => ex
+                .download(bytes)?
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            KvDtype::Q8 => {
+                let mut out = ex.zeros(bytes.len(), "dequantized")?;
+                launch::KvDequant::new(ex, hd)?.launch(ex.stream(), bytes, scales, &mut out)?;
+                ex.download(&out)?
+            }
+        };
+        Ok((0..nkv)
+            .flat_map(|h| all[(h * max_seq + pos) * hd..(h * max_seq + pos + 1) * hd].to_vec())
+            .collect())
     };
-    Ok((ex.download(&q)?, row(ex.download(&kc)?), row(ex.download(&vc)?)))
+    Ok((ex.download(&q)?, values(&cache.k, &cache.k_scale)?, values(&cache.v, &cache.v_scale)?))
 }
 
-/// One query (the last position) over caches [n_kv_heads][seq][head_dim] fp16.
-pub fn attention(
-    ex: &Executor,
-    q: &[f32],
-    k_cache: &[u16],
-    v_cache: &[u16],
-    shape: HeadShape,
-) -> Result<Vec<f32>> {
+/// One query (the last position) over a cache of `seq` positions.
+pub fn attention(ex: &Executor, q: &[f32], kv: &KvHost, shape: HeadShape) -> Result<Vec<f32>> {
     check_heads(shape)?;
-    let per_pos = shape.n_kv_heads * shape.head_dim;
     ensure(q.len() == shape.n_heads * shape.head_dim, || "q does not match the head shape".into())?;
-    ensure(
-        !k_cache.is_empty() && k_cache.len().is_multiple_of(per_pos) && v_cache.len() == k_cache.len(),
-        || "caches do not match the head shape".into(),
-    )?;
-    let seq = k_cache.len() / per_pos;
-    let (qd, kd, vd) = (ex.upload(q, "q")?, ex.upload(k_cache, "k cache")?, ex.upload(v_cache, "v cache")?);
+    let row_bytes = shape.n_kv_heads * shape.head_dim * kv.dtype.value_bytes();
+    ensure(!kv.k.is_empty() && kv.k.len().is_multiple_of(row_bytes) && kv.v.len() == kv.k.len(), || {
+        "caches do not match the head shape".into()
+    })?;
+    let seq = kv.k.len() / row_bytes;
+    let (_, scales) = KvLayer::lens(shape, seq, kv.dtype);
+    ensure(kv.k_scale.len() == scales && kv.v_scale.len() == scales, || {
+        format!("{} scales per cache expected, got {} and {}", scales, kv.k_scale.len(), kv.v_scale.len())
+    })?;
+    let mut cache = KvLayer::new(ex, shape, seq, kv.dtype)?;
+    cache.k = ex.upload(kv.k, "k cache")?;
+    cache.v = ex.upload(kv.v, "v cache")?;
+    if scales > 0 {
+        cache.k_scale = ex.upload(kv.k_scale, "k scales")?;
+        cache.v_scale = ex.upload(kv.v_scale, "v scales")?;
+    }
+    let qd = ex.upload(q, "q")?;
     let step = step(ex, 0, seq as i32 - 1)?;
     let mut out = ex.zeros(q.len(), "out")?;
-    launch::Attention::new(ex, shape, seq)?.launch(ex.stream(), &qd, &kd, &vd, &step, &mut out)?;
+    launch::Attention::new(ex, shape, seq, kv.dtype)?.launch(ex.stream(), &qd, &cache, &step, &mut out)?;
+    ex.download(&out)
+}
+
+/// int8 values [rows][head_dim] with fp16 scales [rows][head_dim / q8_block] back to fp32.
+pub fn kv_dequant(ex: &Executor, values: &[u8], scales: &[u16], head_dim: usize) -> Result<Vec<f32>> {
+    let block = KvDtype::q8_block(head_dim);
+    ensure([32, 64, 128, 256].contains(&head_dim), || format!("unsupported head_dim {head_dim}"))?;
+    ensure(values.len().is_multiple_of(head_dim) && scales.len() == values.len() / block, || {
+        format!("{} values and {} scales do not fit head_dim {head_dim}", values.len(), scales.len())
+    })?;
+    let (vd, sd) = (ex.upload(values, "values")?, ex.upload(scales, "scales")?);
+    let mut out = ex.zeros(values.len(), "out")?;
+    launch::KvDequant::new(ex, head_dim)?.launch(ex.stream(), &vd, &sd, &mut out)?;
     ex.download(&out)
 }
 

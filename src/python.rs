@@ -14,7 +14,7 @@ use pyo3::types::PyTuple;
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::{self, Executor};
-use crate::cuda::kernel::Epilogue;
+use crate::cuda::kernel::{Epilogue, KvDtype};
 use crate::cuda::launch::HeadShape;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Error;
@@ -89,18 +89,20 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (model_path, device = 0, max_seq_len = None, cuda_graphs = true))]
+    #[pyo3(signature = (model_path, device = 0, max_seq_len = None, kv_cache_dtype = "fp16", cuda_graphs = true))]
     fn new(
         py: Python<'_>,
         model_path: PathBuf,
         device: i64,
         max_seq_len: Option<i64>,
+        kv_cache_dtype: &str,
         cuda_graphs: bool,
     ) -> PyResult<Self> {
         let opts = EngineOptions {
             device: non_negative("device", device)?,
             max_seq_len: max_seq_len.map(|n| non_negative("max_seq_len", n)).transpose()?,
             cuda_graphs,
+            kv_cache_dtype: kv_dtype(py, kv_cache_dtype)?,
         };
         let engine = detached(py, || Engine::load(&model_path, &opts))?;
         let logger = py.import("logging")?.call_method1("getLogger", ("qwen3_rs",))?;
@@ -155,6 +157,51 @@ impl PyEngine {
     fn max_seq_len(&self, py: Python<'_>) -> PyResult<usize> {
         let inner = self.inner.clone();
         detached(py, move || Ok(lock(&inner)?.max_seq_len()))
+    }
+
+    /// "fp16" or "q8".
+    #[getter]
+    fn kv_cache_dtype(&self, py: Python<'_>) -> PyResult<&'static str> {
+        let inner = self.inner.clone();
+        let dtype = detached(py, move || Ok(lock(&inner)?.kv_cache_dtype()))?;
+        Ok(match dtype {
+            KvDtype::Fp16 => "fp16",
+            KvDtype::Q8 => "q8",
+        })
+    }
+
+    /// KV-cache bytes per position over all layers, scales included.
+    #[getter]
+    fn kv_bytes_per_token(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = self.inner.clone();
+        detached(py, move || Ok(lock(&inner)?.kv_cache_bytes().0))
+    }
+
+    /// KV-cache bytes allocated on the device (for max_seq_len positions).
+    #[getter]
+    fn kv_cache_bytes(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = self.inner.clone();
+        detached(py, move || Ok(lock(&inner)?.kv_cache_bytes().1))
+    }
+
+    /// One layer's cached (K, V) for the first `length` positions of the last sequence, fp32
+    /// arrays [num_key_value_heads, length, head_dim] (int8 caches dequantized on the GPU).
+    fn kv_cache<'py>(
+        &self,
+        py: Python<'py>,
+        layer: usize,
+        length: usize,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let inner = self.inner.clone();
+        let (k, v, n_kv, hd) = detached(py, move || {
+            let engine = lock(&inner)?;
+            let (k, v) = engine.kv_cache(layer, length)?;
+            Ok((k, v, engine.config().num_key_value_heads, engine.config().head_dim))
+        })?;
+        let dims = |a: Vec<f32>| -> PyResult<Bound<'py, PyAny>> {
+            Ok(PyArray1::from_vec(py, a).reshape([n_kv, length, hd])?.into_any())
+        };
+        Ok((dims(k)?, dims(v)?))
     }
 }
 
@@ -239,6 +286,10 @@ fn f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 
 fn f16s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u16>> {
     flat(obj, "float16", Some("uint16"))
+}
+
+fn i8s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    flat(obj, "int8", Some("uint8"))
 }
 
 fn i32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
@@ -415,7 +466,7 @@ fn half_gemv<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (qkv, q_norm, k_norm, n_heads, n_kv_heads, head_dim, pos, rope_theta, eps, device = 0))]
+#[pyo3(signature = (qkv, q_norm, k_norm, n_heads, n_kv_heads, head_dim, pos, rope_theta, eps, device = 0, kv_cache_dtype = "fp16"))]
 #[allow(clippy::too_many_arguments)]
 fn qk_norm_rope<'py>(
     py: Python<'py>,
@@ -429,17 +480,21 @@ fn qk_norm_rope<'py>(
     rope_theta: f32,
     eps: f32,
     device: usize,
+    kv_cache_dtype: &str,
 ) -> PyResult<(F32Array<'py>, F32Array<'py>, F32Array<'py>)> {
+    let dtype = kv_dtype(py, kv_cache_dtype)?;
     let (qkv, qn, kn) = (f32s(qkv)?, f16s(q_norm)?, f16s(k_norm)?);
     let sh = HeadShape { head_dim, n_heads, n_kv_heads };
     let (q, k, v) = detached(py, move || {
-        ops::qk_norm_rope(&*executor_for(device)?, &qkv, &qn, &kn, sh, pos, rope_theta, eps)
+        ops::qk_norm_rope(&*executor_for(device)?, &qkv, &qn, &kn, sh, pos, rope_theta, eps, dtype)
     })?;
     Ok((out(py, q), out(py, k), out(py, v)))
 }
 
 #[pyfunction]
-#[pyo3(signature = (q, k_cache, v_cache, n_heads, device = 0))]
+/// Caches are fp16, or int8 with `k_scale` / `v_scale` (fp16, [n_kv_heads, seq, head_dim / block]).
+#[pyo3(signature = (q, k_cache, v_cache, n_heads, device = 0, k_scale = None, v_scale = None))]
+#[allow(clippy::too_many_arguments)]
 fn attention<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
@@ -447,14 +502,55 @@ fn attention<'py>(
     v_cache: &Bound<'py, PyAny>,
     n_heads: usize,
     device: usize,
+    k_scale: Option<&Bound<'py, PyAny>>,
+    v_scale: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let s = shape(k_cache)?;
     if s.len() != 3 {
         return Err(PyTypeError::new_err("k_cache must be [n_kv_heads, seq, head_dim]"));
     }
     let sh = HeadShape { head_dim: s[2], n_heads, n_kv_heads: s[0] };
-    let (q, k, v) = (f32s(q)?, f16s(k_cache)?, f16s(v_cache)?);
-    Ok(out(py, detached(py, move || ops::attention(&*executor_for(device)?, &q, &k, &v, sh))?))
+    let q = f32s(q)?;
+    let (dtype, k, v, ks, vs) = match (k_scale, v_scale) {
+        (Some(ks), Some(vs)) => (KvDtype::Q8, i8s(k_cache)?, i8s(v_cache)?, f16s(ks)?, f16s(vs)?),
+        (None, None) => {
+            let bytes = |a: Vec<u16>| a.into_iter().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+            (KvDtype::Fp16, bytes(f16s(k_cache)?), bytes(f16s(v_cache)?), Vec::new(), Vec::new())
+        }
+        _ => return Err(PyTypeError::new_err("give both k_scale and v_scale (int8 caches) or neither")),
+    };
+    let y = detached(py, move || {
+        let kv = ops::KvHost { dtype, k: &k, v: &v, k_scale: &ks, v_scale: &vs };
+        ops::attention(&*executor_for(device)?, &q, &kv, sh)
+    })?;
+    Ok(out(py, y))
+}
+
+/// int8 cache rows [rows, head_dim] with fp16 scales [rows, head_dim / block] back to fp32.
+#[pyfunction]
+#[pyo3(signature = (values, scales, device = 0))]
+fn kv_dequant<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    device: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let head_dim = shape(values)?.last().copied().unwrap_or(0);
+    let (v, s) = (i8s(values)?, f16s(scales)?);
+    Ok(out(py, detached(py, move || ops::kv_dequant(&*executor_for(device)?, &v, &s, head_dim))?))
+}
+
+fn kv_dtype(py: Python<'_>, name: &str) -> PyResult<KvDtype> {
+    match name {
+        "fp16" | "float16" => Ok(KvDtype::Fp16),
+        "q8" | "int8" => Ok(KvDtype::Q8),
+        _ => Err(to_py(
+            py,
+            Error::InvalidArgument(format!(
+                "kv_cache_dtype {name:?} is not supported: use \"fp16\" or \"q8\""
+            )),
+        )),
+    }
 }
 
 #[pyfunction]
@@ -481,6 +577,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     o.add_function(wrap_pyfunction!(qk_norm_rope, &o)?)?;
     o.add_function(wrap_pyfunction!(attention, &o)?)?;
     o.add_function(wrap_pyfunction!(argmax, &o)?)?;
+    o.add_function(wrap_pyfunction!(kv_dequant, &o)?)?;
     m.add_submodule(&o)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -76,4 +76,4 @@ def test_shape_is_part_of_the_key(tmp_path):
     b = dict(qwen3_rs.compile_kernels(tmp_path / "b", "sm_90", tmp_path / "cache"))
     assert "rms_norm-hidden256" in a and "rms_norm-hidden512" in b
     # Kernels whose shape does not involve hidden_size are shared (served from the cache).
-    assert b["qk_norm_rope-head_dim64-n_heads8-n_kv_heads2"] is True
+    assert b["qk_norm_rope-head_dim64-n_heads8-n_kv_heads2-q8"] is True

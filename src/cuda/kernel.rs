@@ -5,6 +5,31 @@
 use std::fmt;
 
 const COMMON: &str = include_str!("../../kernels/common.cuh");
+const KV_CACHE: &str = include_str!("../../kernels/kv_cache.cuh");
+
+/// How the KV cache stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    Fp16,
+    /// int8 with one fp16 scale (absmax / 127) per `q8_block` values of a head vector.
+    Q8,
+}
+
+impl KvDtype {
+    /// Values sharing one scale in the int8 cache: 64 (two scale bytes per 64 value bytes keeps
+    /// the cache at 51.6% of fp16), or the whole head vector when it is shorter.
+    pub fn q8_block(head_dim: usize) -> usize {
+        head_dim.min(64)
+    }
+
+    /// Bytes per value.
+    pub fn value_bytes(self) -> usize {
+        match self {
+            KvDtype::Fp16 => 2,
+            KvDtype::Q8 => 1,
+        }
+    }
+}
 
 /// Threads per block of the warp-per-row fp16 GEMV.
 pub const GEMV_WARPS: u32 = 8;
@@ -80,6 +105,7 @@ pub enum KernelType {
         head_dim: u32,
         n_heads: u32,
         n_kv_heads: u32,
+        kv: KvDtype,
     },
     Attention {
         head_dim: u32,
@@ -89,6 +115,11 @@ pub enum KernelType {
         splits: u32,
         /// Positions per shared-memory sub-chunk.
         sub: u32,
+        kv: KvDtype,
+    },
+    /// The int8 KV cache back to fp32.
+    KvDequant {
+        head_dim: u32,
     },
     Argmax {
         n: u32,
@@ -107,6 +138,7 @@ impl KernelType {
             KernelType::QkNormRope { .. } => include_str!("../../kernels/qk_norm_rope.cu"),
             KernelType::Attention { .. } => include_str!("../../kernels/attention.cu"),
             KernelType::Argmax { .. } => include_str!("../../kernels/argmax.cu"),
+            KernelType::KvDequant { .. } => include_str!("../../kernels/kv_dequant.cu"),
         }
     }
 
@@ -121,6 +153,7 @@ impl KernelType {
             KernelType::QkNormRope { .. } => &["qk_norm_rope"],
             KernelType::Attention { .. } => &["attention_partial", "attention_combine"],
             KernelType::Argmax { .. } => &["argmax"],
+            KernelType::KvDequant { .. } => &["kv_dequant"],
         }
     }
 
@@ -143,16 +176,27 @@ impl KernelType {
                 ]
             }
             KernelType::HalfGemv { k, n } => vec![("K", k), ("N", n), ("WARPS", GEMV_WARPS)],
-            KernelType::QkNormRope { head_dim, n_heads, n_kv_heads } => {
-                vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)]
+            KernelType::QkNormRope { head_dim, n_heads, n_kv_heads, kv } => {
+                let mut d = vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)];
+                d.extend(kv_defines(kv, head_dim));
+                d
             }
-            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, sub } => vec![
-                ("HEAD_DIM", head_dim),
-                ("N_HEADS", n_heads),
-                ("N_KV_HEADS", n_kv_heads),
-                ("SPLITS", splits),
-                ("SUB", sub),
-            ],
+            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, sub, kv } => {
+                let mut d = vec![
+                    ("HEAD_DIM", head_dim),
+                    ("N_HEADS", n_heads),
+                    ("N_KV_HEADS", n_kv_heads),
+                    ("SPLITS", splits),
+                    ("SUB", sub),
+                ];
+                d.extend(kv_defines(kv, head_dim));
+                d
+            }
+            KernelType::KvDequant { head_dim } => {
+                let mut d = vec![("HEAD_DIM", head_dim)];
+                d.extend(kv_defines(KvDtype::Q8, head_dim));
+                d
+            }
             KernelType::Argmax { n } => vec![("N", n)],
         }
     }
@@ -165,9 +209,20 @@ impl KernelType {
         }
         src.push_str(COMMON);
         src.push('\n');
+        if matches!(
+            self,
+            KernelType::QkNormRope { .. } | KernelType::Attention { .. } | KernelType::KvDequant { .. }
+        ) {
+            src.push_str(KV_CACHE);
+            src.push('\n');
+        }
         src.push_str(self.body());
         src
     }
+}
+
+fn kv_defines(kv: KvDtype, head_dim: u32) -> [(&'static str, u32); 2] {
+    [("KV_Q8", (kv == KvDtype::Q8) as u32), ("Q8_BLOCK", KvDtype::q8_block(head_dim as usize) as u32)]
 }
 
 /// The cache key: family and parameters, e.g. `awq_gemv-k4096-n6144-group128-store`.
@@ -177,7 +232,8 @@ impl fmt::Display for KernelType {
         write!(f, "{family}")?;
         for (name, value) in self.defines() {
             match name {
-                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" => {}
+                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" | "Q8_BLOCK" => {}
+                "KV_Q8" => write!(f, "-{}", if value == 1 { "q8" } else { "fp16" })?,
                 _ => write!(f, "-{}{value}", name.to_lowercase())?,
             }
         }
@@ -205,8 +261,16 @@ mod tests {
         );
         assert!(src.contains("__global__ void __launch_bounds__(KSPLIT * 32) awq_gemv("));
         assert_eq!(k.to_string(), "awq_gemv-k4096-n6144-group128-addto");
-        let a = KernelType::Attention { head_dim: 128, n_heads: 32, n_kv_heads: 8, splits: 32, sub: 64 };
-        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-sub64");
+        let a = KernelType::Attention {
+            head_dim: 128,
+            n_heads: 32,
+            n_kv_heads: 8,
+            splits: 32,
+            sub: 64,
+            kv: KvDtype::Q8,
+        };
+        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-sub64-q8");
+        assert!(a.source().contains("#define KV_Q8 1\n#define Q8_BLOCK 64\n"));
     }
 
     #[test]

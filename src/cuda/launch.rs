@@ -8,8 +8,9 @@ use cudarc::driver::sys::{self, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::{Epilogue, GemvGeometry, KernelType, GEMV_WARPS};
+use crate::cuda::kernel::{Epilogue, GemvGeometry, KernelType, KvDtype, GEMV_WARPS};
 use crate::error::{Error, Result};
+use crate::kv_cache::KvLayer;
 use crate::model::awq_linear::AwqLinear;
 
 fn check(ok: bool, kernel: &KernelType, what: impl FnOnce() -> String) -> Result<()> {
@@ -367,20 +368,22 @@ pub struct QkNormRope {
     pdl: bool,
     f: CudaFunction,
     shape: HeadShape,
+    kv: KvDtype,
 }
 
 impl QkNormRope {
-    pub fn kernel_type(shape: HeadShape) -> KernelType {
+    pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
         KernelType::QkNormRope {
             head_dim: shape.head_dim as u32,
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
+            kv,
         }
     }
 
-    pub fn new(ex: &Executor, shape: HeadShape) -> Result<Self> {
-        let ty = Self::kernel_type(shape);
-        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "qk_norm_rope")?, shape })
+    pub fn new(ex: &Executor, shape: HeadShape, kv: KvDtype) -> Result<Self> {
+        let ty = Self::kernel_type(shape, kv);
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "qk_norm_rope")?, shape, kv })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -392,8 +395,7 @@ impl QkNormRope {
         k_norm: &CudaSlice<u16>,
         step: &CudaSlice<i32>,
         q: &mut CudaSlice<f32>,
-        k_cache: &mut CudaSlice<u16>,
-        v_cache: &mut CudaSlice<u16>,
+        cache: &mut KvLayer,
         max_seq: usize,
         eps: f32,
         rope_theta: f32,
@@ -405,24 +407,22 @@ impl QkNormRope {
                 && k_norm.len() == sh.head_dim
                 && step.len() >= STEP_LEN
                 && q.len() >= sh.n_heads * sh.head_dim
-                && k_cache.len() == sh.cache_len(max_seq)
-                && v_cache.len() == sh.cache_len(max_seq),
+                && cache.fits(sh, max_seq, self.kv),
             &self.ty,
             || {
                 format!(
-                    "qkv {}, q {}, caches {} / {} for max_seq {max_seq}",
+                    "qkv {}, q {}, cache of {} bytes for max_seq {max_seq}",
                     qkv.len(),
                     q.len(),
-                    k_cache.len(),
-                    v_cache.len()
+                    cache.k.len()
                 )
             },
         )?;
         let c = cfg(((sh.n_heads + 2 * sh.n_kv_heads) as u32, 1), sh.head_dim as u32);
         let max_seq = max_seq as i32;
         // SAFETY: reads qkv, the two norm weights and step[1] (the kernel returns when the
-        // position is outside [0, max_seq)); writes q and one position of each cache, whose
-        // lengths match max_seq as checked above.
+        // position is outside [0, max_seq)); writes q and one position of each cache (and its
+        // scales), whose sizes match max_seq and the dtype as checked above.
         unsafe {
             Args::new()
                 .buf(s, qkv)
@@ -430,8 +430,10 @@ impl QkNormRope {
                 .buf(s, k_norm)
                 .buf(s, step)
                 .buf_mut(s, q)
-                .buf_mut(s, k_cache)
-                .buf_mut(s, v_cache)
+                .buf_mut(s, &mut cache.k)
+                .buf_mut(s, &mut cache.v)
+                .buf_mut(s, &mut cache.k_scale)
+                .buf_mut(s, &mut cache.v_scale)
                 .int(max_seq)
                 .float(eps)
                 .float(rope_theta)
@@ -447,6 +449,7 @@ pub struct Attention {
     partial: CudaFunction,
     combine: CudaFunction,
     shape: HeadShape,
+    kv: KvDtype,
     splits: usize,
     max_seq: usize,
     part_o: CudaSlice<f32>,
@@ -463,19 +466,20 @@ impl Attention {
         (1024 / shape.n_kv_heads.max(1)).clamp(16, 256)
     }
 
-    pub fn kernel_type(shape: HeadShape) -> KernelType {
+    pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
         KernelType::Attention {
             head_dim: shape.head_dim as u32,
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
             splits: Self::splits(shape) as u32,
             sub: Self::SUB as u32,
+            kv,
         }
     }
 
     /// For caches of `max_seq` positions per KV head.
-    pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize) -> Result<Self> {
-        let ty = Self::kernel_type(shape);
+    pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
+        let ty = Self::kernel_type(shape, kv);
         let splits = Self::splits(shape);
         Ok(Self {
             ty,
@@ -483,6 +487,7 @@ impl Attention {
             partial: ex.function(ty, "attention_partial")?,
             combine: ex.function(ty, "attention_combine")?,
             shape,
+            kv,
             splits,
             max_seq,
             part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
@@ -494,8 +499,7 @@ impl Attention {
         &mut self,
         s: &CudaStream,
         q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<u16>,
-        v_cache: &CudaSlice<u16>,
+        cache: &KvLayer,
         step: &CudaSlice<i32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -503,12 +507,11 @@ impl Attention {
         let q_len = sh.n_heads * sh.head_dim;
         check(
             q.len() >= q_len
-                && k_cache.len() == sh.cache_len(self.max_seq)
-                && v_cache.len() == sh.cache_len(self.max_seq)
+                && cache.fits(sh, self.max_seq, self.kv)
                 && step.len() >= STEP_LEN
                 && out.len() >= q_len,
             &self.ty,
-            || format!("q {}, caches {} / {}, out {}", q.len(), k_cache.len(), v_cache.len(), out.len()),
+            || format!("q {}, cache of {} bytes, out {}", q.len(), cache.k.len(), out.len()),
         )?;
         let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
@@ -519,8 +522,10 @@ impl Attention {
         unsafe {
             Args::new()
                 .buf(s, q)
-                .buf(s, k_cache)
-                .buf(s, v_cache)
+                .buf(s, &cache.k)
+                .buf(s, &cache.v)
+                .buf(s, &cache.k_scale)
+                .buf(s, &cache.v_scale)
                 .buf(s, step)
                 .buf_mut(s, &mut self.part_o)
                 .buf_mut(s, &mut self.part_ml)
@@ -569,6 +574,50 @@ impl Argmax {
         // SAFETY: reads x[0..N), writes out[0] (and out[1] when advancing); checked above.
         unsafe {
             Args::new().buf(s, x).buf_mut(s, out).int(advance).launch(s, &self.f, cfg((1, 1), 1024), self.pdl)
+        }
+    }
+}
+
+/// The int8 KV cache back to fp32 (kernels/kv_dequant.cu).
+pub struct KvDequant {
+    ty: KernelType,
+    pdl: bool,
+    f: CudaFunction,
+    head_dim: usize,
+}
+
+impl KvDequant {
+    pub fn new(ex: &Executor, head_dim: usize) -> Result<Self> {
+        let ty = KernelType::KvDequant { head_dim: head_dim as u32 };
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "kv_dequant")?, head_dim })
+    }
+
+    /// out[r][i] = values[r][i] * scales[r][i / block] for all rows of `values`.
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        values: &CudaSlice<u8>,
+        scales: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let rows = values.len() / self.head_dim;
+        let per_row = self.head_dim / KvDtype::q8_block(self.head_dim);
+        check(
+            values.len() == rows * self.head_dim
+                && scales.len() >= rows * per_row
+                && out.len() >= values.len(),
+            &self.ty,
+            || format!("values {}, scales {}, out {}", values.len(), scales.len(), out.len()),
+        )?;
+        let blocks = values.len().div_ceil(256).min(65535) as u32;
+        // SAFETY: reads rows * HEAD_DIM values and their scales, writes as many floats; checked above.
+        unsafe {
+            Args::new().buf(s, values).buf(s, scales).buf_mut(s, out).int(rows as i32).launch(
+                s,
+                &self.f,
+                cfg((blocks, 1), 256),
+                self.pdl,
+            )
         }
     }
 }

@@ -7,9 +7,9 @@ use cudarc::driver::{CudaGraph, CudaSlice};
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::{Epilogue, KernelType};
+use crate::cuda::kernel::{Epilogue, KernelType, KvDtype};
 use crate::cuda::launch::{
-    Argmax, Attention, AwqGemv, Embedding, HalfGemv, HeadShape, QkNormRope, RmsNorm, STEP_LEN,
+    Argmax, Attention, AwqGemv, Embedding, HalfGemv, HeadShape, KvDequant, QkNormRope, RmsNorm, STEP_LEN,
 };
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -57,6 +57,16 @@ struct Buffers {
     logits: CudaSlice<f32>,
 }
 
+/// How a model is set up on its device.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Positions the KV cache holds.
+    pub max_seq: usize,
+    /// Replay each decode step from a CUDA graph.
+    pub cuda_graphs: bool,
+    pub kv_dtype: KvDtype,
+}
+
 pub struct Qwen3Model {
     pub config: Qwen3Config,
     ex: Executor,
@@ -82,25 +92,19 @@ unsafe impl Send for DecodeGraph {}
 impl Qwen3Model {
     /// Device bytes the model will allocate (weights, KV cache, activations), for an up-front
     /// check against free memory.
-    pub fn device_bytes(c: &Qwen3Config, max_seq: usize) -> usize {
+    pub fn device_bytes(c: &Qwen3Config, opts: &ModelOptions) -> usize {
         let (h, g) = (c.hidden_size, c.quantization.group_size);
         let embed = c.vocab_size * h * 2 * if c.tie_word_embeddings { 1 } else { 2 };
         let layer = AwqLinear::device_bytes(h, c.q_dim() + 2 * c.kv_dim(), g)
             + AwqLinear::device_bytes(c.q_dim(), h, g)
             + AwqLinear::device_bytes(h, 2 * c.intermediate_size, g)
             + AwqLinear::device_bytes(c.intermediate_size, h, g);
-        let kv = KvCache::bytes_per_token(head_shape(c), c.num_hidden_layers) * max_seq;
+        let kv = KvCache::bytes_per_token(head_shape(c), c.num_hidden_layers, opts.kv_dtype) * opts.max_seq;
         embed + layer * c.num_hidden_layers + kv + c.vocab_size * 4 + (64 << 20)
     }
 
     /// Uploads a validated checkpoint onto `ex`'s device.
-    pub fn load(
-        ex: Executor,
-        config: Qwen3Config,
-        ckpt: &Checkpoint,
-        max_seq: usize,
-        use_graph: bool,
-    ) -> Result<Self> {
+    pub fn load(ex: Executor, config: Qwen3Config, ckpt: &Checkpoint, opts: &ModelOptions) -> Result<Self> {
         let c = &config;
         let (h, g) = (c.hidden_size, c.quantization.group_size);
         let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
@@ -155,8 +159,8 @@ impl Qwen3Model {
             embedding: Embedding::new(&ex, h, c.vocab_size)?,
             rms_norm: RmsNorm::new(&ex, h)?,
             qkv_proj: AwqGemv::new(&ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store, true)?,
-            qk_norm_rope: QkNormRope::new(&ex, shape)?,
-            attention: Attention::new(&ex, shape, max_seq)?,
+            qk_norm_rope: QkNormRope::new(&ex, shape, opts.kv_dtype)?,
+            attention: Attention::new(&ex, shape, opts.max_seq, opts.kv_dtype)?,
             o_proj: AwqGemv::new(&ex, c.q_dim(), h, g, Epilogue::AddTo, false)?,
             gate_up_proj: AwqGemv::new(&ex, h, c.intermediate_size, g, Epilogue::SiluMul, true)?,
             down_proj: AwqGemv::new(&ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
@@ -173,13 +177,62 @@ impl Qwen3Model {
             mlp_act: ex.zeros(c.intermediate_size, "activations")?,
             logits: ex.zeros(c.vocab_size, "logits")?,
         };
-        let kv = KvCache::new(&ex, shape, c.num_hidden_layers, max_seq)?;
+        let kv = KvCache::new(&ex, shape, c.num_hidden_layers, opts.max_seq, opts.kv_dtype)?;
         ex.synchronize()?;
+        let use_graph = opts.cuda_graphs;
         Ok(Qwen3Model { config, ex, embed_tokens, lm_head, norm, layers, kv, k, b, use_graph, graph: None })
     }
 
     pub fn max_seq(&self) -> usize {
         self.kv.max_seq
+    }
+
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv.dtype
+    }
+
+    /// KV-cache bytes per position (all layers, scales included) and allocated in all.
+    pub fn kv_bytes(&self) -> (usize, usize) {
+        let per_token =
+            KvCache::bytes_per_token(head_shape(&self.config), self.config.num_hidden_layers, self.kv.dtype);
+        (per_token, per_token * self.kv.max_seq)
+    }
+
+    /// One layer's cached K and V for positions [0, len), dequantized to fp32, each
+    /// [n_kv_heads][len][head_dim] (int8 caches go through the kv_dequant kernel).
+    pub fn kv_cache(&self, layer: usize, len: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let c = &self.config;
+        let cache = self.kv.layers.get(layer).ok_or_else(|| {
+            Error::InvalidArgument(format!("layer {layer} does not exist ({} layers)", c.num_hidden_layers))
+        })?;
+        if len > self.kv.max_seq {
+            return Err(Error::InvalidArgument(format!(
+                "{len} positions exceed max_seq_len ({})",
+                self.kv.max_seq
+            )));
+        }
+        let hd = c.head_dim;
+        let full = |values: &CudaSlice<u8>, scales: &CudaSlice<u16>| -> Result<Vec<f32>> {
+            match self.kv.dtype {
+                KvDtype::Fp16 => Ok(self
+                    .ex
+                    .download(values)?
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                    .collect()),
+                KvDtype::Q8 => {
+                    let mut out = self.ex.zeros::<f32>(values.len(), "dequantized KV cache")?;
+                    KvDequant::new(&self.ex, hd)?.launch(self.ex.stream(), values, scales, &mut out)?;
+                    self.ex.download(&out)
+                }
+            }
+        };
+        let rows = |all: Vec<f32>| -> Vec<f32> {
+            (0..c.num_key_value_heads)
+                .flat_map(|h| all[h * self.kv.max_seq * hd..(h * self.kv.max_seq + len) * hd].to_vec())
+                .collect()
+        };
+        Ok((rows(full(&cache.k, &cache.k_scale)?), rows(full(&cache.v, &cache.v_scale)?)))
     }
 
     /// Runs one position: embeds `token`, appends its K/V at `pos`, and (when `want_logits`)
@@ -240,7 +293,7 @@ impl Qwen3Model {
         let (k, b) = (&mut self.k, &mut self.b);
 
         k.embedding.launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
-        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
+        for (layer, cache) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
             k.qkv_proj.launch(
                 &s,
                 &b.hidden,
@@ -255,13 +308,12 @@ impl Qwen3Model {
                 &layer.k_norm,
                 &b.step,
                 &mut b.q,
-                k_cache,
-                v_cache,
+                cache,
                 self.kv.max_seq,
                 eps,
                 theta,
             )?;
-            k.attention.launch(&s, &b.q, k_cache, v_cache, &b.step, &mut b.attn)?;
+            k.attention.launch(&s, &b.q, cache, &b.step, &mut b.attn)?;
             k.o_proj.launch(&s, &b.attn, None, &layer.o_proj, &mut b.hidden)?;
             let post_norm = Some((&layer.post_attention_layernorm, eps));
             k.gate_up_proj.launch(&s, &b.hidden, post_norm, &layer.gate_up_proj, &mut b.mlp_act)?;
@@ -292,8 +344,11 @@ pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
         gemv(q, h, Epilogue::AddTo, false),
         gemv(h, i, Epilogue::SiluMul, true),
         gemv(i, h, Epilogue::AddTo, false),
-        QkNormRope::kernel_type(head_shape(c)),
-        Attention::kernel_type(head_shape(c)),
+        QkNormRope::kernel_type(head_shape(c), KvDtype::Fp16),
+        QkNormRope::kernel_type(head_shape(c), KvDtype::Q8),
+        Attention::kernel_type(head_shape(c), KvDtype::Fp16),
+        Attention::kernel_type(head_shape(c), KvDtype::Q8),
+        KernelType::KvDequant { head_dim: c.head_dim as u32 },
         KernelType::HalfGemv { k: h, n: v },
         KernelType::Argmax { n: v },
     ];

@@ -1,0 +1,71 @@
+// KV-cache storage, shared by the kernels that write and read it. Rows are head vectors of
+// HEAD_DIM values. Defines: KV_Q8 (0: fp16 values; 1: int8 values with one fp16 scale, absmax/127,
+// per Q8_BLOCK consecutive values of a row), Q8_BLOCK.
+
+#if KV_Q8
+typedef signed char kv_t;
+#else
+typedef f16_t kv_t;
+#endif
+#define Q8_PER_ROW (HEAD_DIM / Q8_BLOCK)
+
+// Stores element i of a head vector at `row`. Called by all HEAD_DIM threads of the block
+// together (it synchronizes); `wmax` is shared scratch of HEAD_DIM / 32 floats.
+__device__ __forceinline__ void kv_store(kv_t* cache, f16_t* scales, long long row, int i, float x, float* wmax) {
+#if KV_Q8
+    const float m = warp_max(fabsf(x));
+    if ((i & 31) == 0) wmax[i >> 5] = m;
+    __syncthreads();
+    float amax = 0.0f;
+    const int w0 = (i / Q8_BLOCK) * (Q8_BLOCK / 32);
+#pragma unroll
+    for (int w = 0; w < Q8_BLOCK / 32; w++) amax = fmaxf(amax, wmax[w0 + w]);
+    const f16_t scale_h = f32_to_f16(fminf(amax / 127.0f, 65504.0f));
+    const float scale = f16_to_f32(scale_h);
+    const int q = scale > 0.0f ? max(-127, min(127, __float2int_rn(x / scale))) : 0;
+    cache[row * HEAD_DIM + i] = (signed char)q;
+    if (i % Q8_BLOCK == 0) scales[row * Q8_PER_ROW + i / Q8_BLOCK] = scale_h;
+#else
+    cache[row * HEAD_DIM + i] = f32_to_f16(x);
+#endif
+}
+
+// N consecutive values of `row` from dim d0 (d0 and N within one Q8 block; 4-byte aligned).
+template <int N>
+__device__ __forceinline__ void kv_load(const kv_t* cache, const f16_t* scales, long long row, int d0, float* out) {
+    constexpr int BYTES = N * (int)sizeof(kv_t);
+    unsigned w[BYTES / 4];
+    const kv_t* p = cache + row * HEAD_DIM + d0;
+    if (BYTES % 16 == 0) {
+#pragma unroll
+        for (int e = 0; e < BYTES / 16; e++) {
+            const uint4 v = reinterpret_cast<const uint4*>(p)[e];
+            w[4 * e] = v.x, w[4 * e + 1] = v.y, w[4 * e + 2] = v.z, w[4 * e + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < BYTES / 4; e++) w[e] = reinterpret_cast<const unsigned*>(p)[e];
+    }
+#if KV_Q8
+    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
+#pragma unroll
+    for (int e = 0; e < N; e++) out[e] = (float)(signed char)(w[e / 4] >> (8 * (e % 4))) * s;
+#else
+#pragma unroll
+    for (int e = 0; e < N; e++) out[e] = f16_to_f32((f16_t)(w[e / 2] >> (16 * (e % 2))));
+#endif
+}
+
+// Two consecutive values (d0 even) of `row`.
+__device__ __forceinline__ void kv_load2(const kv_t* cache, const f16_t* scales, long long row, int d0, float* out) {
+#if KV_Q8
+    const unsigned short w = *reinterpret_cast<const unsigned short*>(cache + row * HEAD_DIM + d0);
+    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
+    out[0] = (float)(signed char)(w & 0xff) * s;
+    out[1] = (float)(signed char)(w >> 8) * s;
+#else
+    const unsigned w = *reinterpret_cast<const unsigned*>(cache + row * HEAD_DIM + d0);
+    out[0] = f16_to_f32((f16_t)(w & 0xffff));
+    out[1] = f16_to_f32((f16_t)(w >> 16));
+#endif
+}
