@@ -19,6 +19,7 @@
 #define PPP (THREADS / LPP)     // positions per q.k pass
 #define PAIRS (HEAD_DIM / 2)    // p.v: each thread owns a pair of dims...
 #define PGROUPS (THREADS / PAIRS)  // ...for every PGROUPS-th position
+#define GQP ((GQA + 3) / 4 * 4)   // p rows padded so the heads of a position load as float4
 
 __device__ __forceinline__ int chunk_len(int seq) {
     return (((seq + SPLITS - 1) / SPLITS) + SUB - 1) / SUB * SUB;
@@ -36,7 +37,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     int max_seq,
     float scale) {
     __shared__ __align__(16) float qs[GQA][LPP][QPAD];
-    __shared__ float p[GQA][SUB];
+    __shared__ __align__(16) float p[SUB][GQP];  // scores, then softmax weights
     __shared__ float m_s[GQA], l_s[GQA], rescale[GQA];
     __shared__ float red[PGROUPS][HEAD_DIM];
     pdl_wait();
@@ -66,32 +67,44 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     const long long head_row = (long long)kv * max_seq;
     for (int t0 = start; t0 < end; t0 += SUB) {
         const int last = end - 1 - t0;  // last valid offset in this sub-chunk
-        // q.k: LPP lanes per position, DPL dims each (16-byte loads).
+        // Issue every load of the sub-chunk before using any: K runs for q.k, V pairs for p.v.
+        KvRun<DPL> kr[SUB / PPP];
+#pragma unroll
+        for (int pass = 0; pass < SUB / PPP; pass++)
+            kr[pass] = kv_fetch<DPL>(k_cache, k_scale, head_row + t0 + min(pass * PPP + qt, last), qj * DPL);
+        KvRun<2> vr[SUB / PGROUPS];
+#pragma unroll
+        for (int j = 0; j < SUB / PGROUPS; j++)
+            vr[j] = kv_fetch<2>(v_cache, v_scale, head_row + t0 + min(pg + j * PGROUPS, last), 2 * pr);
+        // q.k: LPP lanes per position, DPL dims each.
 #pragma unroll
         for (int pass = 0; pass < SUB / PPP; pass++) {
             const int t = pass * PPP + qt;
             float kf[DPL];
-            kv_load<DPL>(k_cache, k_scale, head_row + t0 + min(t, last), qj * DPL, kf);
+            kv_decode(kr[pass], kf);
 #pragma unroll
             for (int g = 0; g < GQA; g++) {
                 float s = 0.0f;
 #pragma unroll
-                for (int e = 0; e < DPL; e++) s += qs[g][qj][e] * kf[e];
+                for (int e = 0; e < DPL; e += 4) {
+                    const float4 qv = *reinterpret_cast<const float4*>(&qs[g][qj][e]);
+                    s += qv.x * kf[e] + qv.y * kf[e + 1] + qv.z * kf[e + 2] + qv.w * kf[e + 3];
+                }
                 s += __shfl_xor_sync(0xffffffffu, s, 1);
                 s += __shfl_xor_sync(0xffffffffu, s, 2);
-                if (qj == 0) p[g][t] = t <= last ? s : NEG_INF;
+                if (qj == 0) p[t][g] = t <= last ? s : NEG_INF;
             }
         }
         __syncthreads();
         // Online softmax: new running max, and the factor rescaling what was accumulated so far.
         for (int g = warp; g < GQA; g += N_WARPS) {
             float m = NEG_INF;
-            for (int t = lane; t < SUB; t += 32) m = fmaxf(m, p[g][t]);
+            for (int t = lane; t < SUB; t += 32) m = fmaxf(m, p[t][g]);
             m = fmaxf(warp_max(m), m_s[g]);
             float l = 0.0f;
             for (int t = lane; t < SUB; t += 32) {
-                const float e = expf(p[g][t] - m);  // 0 for masked positions
-                p[g][t] = e;
+                const float e = expf(p[t][g] - m);  // 0 for masked positions
+                p[t][g] = e;
                 l += e;
             }
             l = warp_sum(l);
@@ -109,14 +122,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
             acc[g][0] *= rescale[g];
             acc[g][1] *= rescale[g];
         }
-#pragma unroll 8
-        for (int t = pg; t < SUB; t += PGROUPS) {
-            float v[2];
-            kv_load2(v_cache, v_scale, head_row + t0 + min(t, last), 2 * pr, v);
 #pragma unroll
-            for (int g = 0; g < GQA; g++) {
-                acc[g][0] += p[g][t] * v[0];
-                acc[g][1] += p[g][t] * v[1];
+        for (int j = 0; j < SUB / PGROUPS; j++) {
+            const int t = pg + j * PGROUPS;
+            float v[2];
+            kv_decode(vr[j], v);
+#pragma unroll
+            for (int g4 = 0; g4 < GQP; g4 += 4) {
+                const float4 pv = *reinterpret_cast<const float4*>(&p[t][g4]);
+                const float pw[4] = {pv.x, pv.y, pv.z, pv.w};
+#pragma unroll
+                for (int e = 0; e < 4 && g4 + e < GQA; e++) {
+                    acc[g4 + e][0] += pw[e] * v[0];
+                    acc[g4 + e][1] += pw[e] * v[1];
+                }
             }
         }
         __syncthreads();  // p is rewritten by the next sub-chunk

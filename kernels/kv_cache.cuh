@@ -30,42 +30,46 @@ __device__ __forceinline__ void kv_store(kv_t* cache, f16_t* scales, long long r
 #endif
 }
 
-// N consecutive values of `row` from dim d0 (d0 and N within one Q8 block; 4-byte aligned).
+// N consecutive values of a row from dim d0 (d0 and N within one Q8 block), in two phases so a
+// kernel can issue many loads before it needs any of them: kv_fetch issues the loads, kv_decode
+// turns the words into floats.
 template <int N>
-__device__ __forceinline__ void kv_load(const kv_t* cache, const f16_t* scales, long long row, int d0, float* out) {
-    constexpr int BYTES = N * (int)sizeof(kv_t);
-    unsigned w[BYTES / 4];
+struct KvRun {
+    static constexpr int BYTES = N * (int)sizeof(kv_t);
+    unsigned w[BYTES >= 4 ? BYTES / 4 : 1];
+    f16_t scale;
+};
+
+template <int N>
+__device__ __forceinline__ KvRun<N> kv_fetch(const kv_t* cache, const f16_t* scales, long long row, int d0) {
+    KvRun<N> r;
     const kv_t* p = cache + row * HEAD_DIM + d0;
-    if (BYTES % 16 == 0) {
+    if (KvRun<N>::BYTES % 16 == 0) {
 #pragma unroll
-        for (int e = 0; e < BYTES / 16; e++) {
+        for (int e = 0; e < KvRun<N>::BYTES / 16; e++) {
             const uint4 v = reinterpret_cast<const uint4*>(p)[e];
-            w[4 * e] = v.x, w[4 * e + 1] = v.y, w[4 * e + 2] = v.z, w[4 * e + 3] = v.w;
+            r.w[4 * e] = v.x, r.w[4 * e + 1] = v.y, r.w[4 * e + 2] = v.z, r.w[4 * e + 3] = v.w;
         }
-    } else {
+    } else if (KvRun<N>::BYTES >= 4) {
 #pragma unroll
-        for (int e = 0; e < BYTES / 4; e++) w[e] = reinterpret_cast<const unsigned*>(p)[e];
+        for (int e = 0; e < KvRun<N>::BYTES / 4; e++) r.w[e] = reinterpret_cast<const unsigned*>(p)[e];
+    } else {
+        r.w[0] = *reinterpret_cast<const unsigned short*>(p);
     }
 #if KV_Q8
-    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
-#pragma unroll
-    for (int e = 0; e < N; e++) out[e] = (float)(signed char)(w[e / 4] >> (8 * (e % 4))) * s;
-#else
-#pragma unroll
-    for (int e = 0; e < N; e++) out[e] = f16_to_f32((f16_t)(w[e / 2] >> (16 * (e % 2))));
+    r.scale = scales[row * Q8_PER_ROW + d0 / Q8_BLOCK];
 #endif
+    return r;
 }
 
-// Two consecutive values (d0 even) of `row`.
-__device__ __forceinline__ void kv_load2(const kv_t* cache, const f16_t* scales, long long row, int d0, float* out) {
+template <int N>
+__device__ __forceinline__ void kv_decode(const KvRun<N>& r, float* out) {
 #if KV_Q8
-    const unsigned short w = *reinterpret_cast<const unsigned short*>(cache + row * HEAD_DIM + d0);
-    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
-    out[0] = (float)(signed char)(w & 0xff) * s;
-    out[1] = (float)(signed char)(w >> 8) * s;
+    const float s = f16_to_f32(r.scale);
+#pragma unroll
+    for (int e = 0; e < N; e++) out[e] = (float)(signed char)(r.w[e / 4] >> (8 * (e % 4))) * s;
 #else
-    const unsigned w = *reinterpret_cast<const unsigned*>(cache + row * HEAD_DIM + d0);
-    out[0] = f16_to_f32((f16_t)(w & 0xffff));
-    out[1] = f16_to_f32((f16_t)(w >> 16));
+#pragma unroll
+    for (int e = 0; e < N; e++) out[e] = f16_to_f32((f16_t)(r.w[e / 2] >> (16 * (e % 2))));
 #endif
 }

@@ -24,5 +24,7 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     .carry/bin/kernels --bench --noplot 2>&1 | tee "$OUT/bench-kernels.log" | grep -v "^Benchmarking\|^ *$"
     python3 -m qwen3_rs bench --peers --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-e2e.log"
+    python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --kv-cache-dtype q8 --contexts 4096 16384 32768 \
+        2>&1 | tee -a "$OUT/bench-e2e.log"
 fi
 exit "$status"

@@ -106,6 +106,18 @@ impl Engine {
     /// Greedy generation from a fresh sequence. Returns the new tokens only; stops after an eos
     /// token (which is included) unless `ignore_eos`.
     pub fn generate(&mut self, ids: &[i64], max_new_tokens: usize, ignore_eos: bool) -> Result<Vec<u32>> {
+        self.generate_until(ids, max_new_tokens, ignore_eos, &mut || Ok(()))
+    }
+
+    /// `generate`, calling `keep_going` before every step: an error from it (e.g. a Ctrl-C seen by
+    /// the caller) ends generation with that error, leaving the engine ready for the next call.
+    pub fn generate_until(
+        &mut self,
+        ids: &[i64],
+        max_new_tokens: usize,
+        ignore_eos: bool,
+        keep_going: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<u32>> {
         let ids = self.check_ids(ids)?;
         let max_seq = self.max_seq_len();
         ensure(ids.len() + max_new_tokens <= max_seq, || {
@@ -119,6 +131,7 @@ impl Engine {
         }
         let last = ids.len() - 1;
         for (pos, &t) in ids.iter().enumerate() {
+            keep_going()?;
             self.model.step(t, pos, pos == last)?;
         }
         self.model.sample_greedy()?;
@@ -130,6 +143,7 @@ impl Engine {
             if stop || out.len() == max_new_tokens {
                 return Ok(out);
             }
+            keep_going()?;
             self.model.decode_greedy()?;
         }
     }

@@ -37,6 +37,10 @@ pub enum Error {
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// The caller asked to stop (e.g. Ctrl-C); the engine is ready for the next call.
+    #[error("interrupted")]
+    Interrupted,
+
     /// A broken internal invariant; never expected, reported instead of panicking.
     #[error("internal error: {0}")]
     Internal(String),

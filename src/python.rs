@@ -31,6 +31,9 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::Driver(_) => "CudaError",
         Error::Compile { .. } => "KernelCompileError",
         Error::Internal(_) => "InternalError",
+        Error::Interrupted => {
+            return pyo3::exceptions::PyKeyboardInterrupt::new_err("generation interrupted")
+        }
     };
     let msg = e.to_string();
     match py.import("qwen3_rs.errors").and_then(|m| m.getattr(class)) {
@@ -75,8 +78,9 @@ fn token_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
 }
 
 fn non_negative(name: &str, v: i64) -> PyResult<usize> {
-    usize::try_from(v)
-        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+    usize::try_from(v).map_err(|_| {
+        Python::attach(|py| to_py(py, Error::InvalidArgument(format!("{name} must be >= 0, got {v}"))))
+    })
 }
 
 /// A Qwen3 AWQ model loaded on a GPU.
@@ -125,7 +129,21 @@ impl PyEngine {
         let ids = token_ids(ids)?;
         let n = non_negative("max_new_tokens", max_new_tokens)?;
         let inner = self.inner.clone();
-        detached(py, move || lock(&inner)?.generate(&ids, n, ignore_eos))
+        // Ctrl-C: Python's signal handlers run between tokens; their exception ends generation.
+        let mut raised: Option<PyErr> = None;
+        let out = detached(py, || {
+            let mut check = || {
+                Python::attach(|py| py.check_signals()).map_err(|e| {
+                    raised = Some(e);
+                    Error::Interrupted
+                })
+            };
+            lock(&inner)?.generate_until(&ids, n, ignore_eos, &mut check)
+        });
+        match raised {
+            Some(e) => Err(e),
+            None => out,
+        }
     }
 
     /// Logits at every position of `ids`: float32 array [len(ids), vocab_size].
@@ -247,6 +265,13 @@ fn compile_kernels(
 #[pyo3(signature = (device = 0, bytes = 1 << 30))]
 fn copy_bandwidth(py: Python<'_>, device: usize, bytes: usize) -> PyResult<f64> {
     detached(py, move || executor_for(device)?.copy_bandwidth(bytes))
+}
+
+/// (free, total) memory of `device` in bytes.
+#[pyfunction]
+#[pyo3(signature = (device = 0))]
+fn cuda_memory_info(py: Python<'_>, device: usize) -> PyResult<(usize, usize)> {
+    detached(py, move || executor_for(device)?.memory_info())
 }
 
 /// The NVRTC version in use, as (major, minor).
@@ -567,6 +592,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_memory_info, m)?)?;
     let o = PyModule::new(m.py(), "ops")?;
     o.add_function(wrap_pyfunction!(embedding, &o)?)?;
     o.add_function(wrap_pyfunction!(rms_norm, &o)?)?;

@@ -32,6 +32,7 @@ from ._qwen3_rs import (  # noqa: E402
     compile_kernels,
     copy_bandwidth,
     cuda_device_count,
+    cuda_memory_info,
     nvrtc_version,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "cuda_device_count",
     "compile_kernels",
     "copy_bandwidth",
+    "cuda_memory_info",
     "nvrtc_version",
     "__version__",
 ]

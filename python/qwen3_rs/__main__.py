@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     bench.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
     bench.add_argument("--steps", type=int, default=64, help="decode steps timed per context")
     bench.add_argument("--device", type=int, default=0)
+    bench.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "q8"])
     bench.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
     bench.add_argument("--peers", action="store_true", help="also time the GEMV shapes through torch")
     args = parser.parse_args(argv)
@@ -30,7 +31,14 @@ def main(argv=None) -> int:
         if not os.path.exists(os.path.join(model, "config.json")):
             size = b.write_random_checkpoint(model)
             print(f"wrote a random Qwen3-8B-AWQ-shaped checkpoint to {model}: {size / 1e9:.2f} GB")
-    b.run(model, args.contexts, args.steps, args.device, cuda_graphs=not args.no_cuda_graphs)
+    b.run(
+        model,
+        args.contexts,
+        args.steps,
+        args.device,
+        cuda_graphs=not args.no_cuda_graphs,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )
     return 0
 
 

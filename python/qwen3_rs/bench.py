@@ -118,17 +118,18 @@ def write_random_checkpoint(path: str, config: dict = QWEN3_8B_AWQ, seed: int = 
     return total
 
 
-def decode_bytes_per_token(config: dict, context: int) -> int:
+def decode_bytes_per_token(config: dict, context: int, kv_bytes_per_position: int | None = None) -> int:
     """Bytes one decode step must read: every weight once (AWQ int4 + fp16 scales + 4-bit zeros,
-    the fp16 lm_head and norms) plus the fp16 KV cache of `context` positions."""
+    the fp16 lm_head and norms) plus the KV cache of `context` positions (fp16 unless
+    `kv_bytes_per_position`, over all layers, is given)."""
     h, inter, g = config["hidden_size"], config["intermediate_size"], config["quantization_config"]["group_size"]
     q_dim = config["num_attention_heads"] * config["head_dim"]
     kv_dim = config["num_key_value_heads"] * config["head_dim"]
     per_layer_elems = h * (q_dim + 2 * kv_dim) + q_dim * h + 2 * h * inter + inter * h
     awq = per_layer_elems // 2 + (per_layer_elems // g) * 2 + (per_layer_elems // g) // 2
-    kv = context * 2 * kv_dim * 2
     layers = config["num_hidden_layers"]
-    return layers * (awq + kv + 4 * h + 4 * config["head_dim"]) + config["vocab_size"] * h * 2 + 2 * h
+    kv = context * (kv_bytes_per_position if kv_bytes_per_position is not None else layers * 2 * kv_dim * 2)
+    return layers * (awq + 4 * h + 4 * config["head_dim"]) + kv + config["vocab_size"] * h * 2 + 2 * h
 
 
 def run(
@@ -137,6 +138,7 @@ def run(
     steps: int = 64,
     device: int = 0,
     cuda_graphs: bool = True,
+    kv_cache_dtype: str = "fp16",
     log=print,
 ) -> dict:
     """Decode tok/s at each context, the bandwidth floor from the copy bandwidth measured in the
@@ -154,14 +156,20 @@ def run(
         bw = copy_bandwidth(device)
         log(f"device {device}: copy bandwidth {bw / 1e12:.3f} TB/s (read + write)")
         t = time.time()
-        engine = Qwen3Engine(model, device=device, max_seq_len=max(contexts) + steps + 2, cuda_graphs=cuda_graphs)
-        log(f"loaded in {time.time() - t:.1f} s")
+        engine = Qwen3Engine(
+            model,
+            device=device,
+            max_seq_len=max(contexts) + steps + 2,
+            cuda_graphs=cuda_graphs,
+            kv_cache_dtype=kv_cache_dtype,
+        )
+        log(f"loaded in {time.time() - t:.1f} s; {kv_cache_dtype} KV cache, {engine.kv_bytes_per_token} B/position")
         config = engine.config
         rows = []
         log(f"{'context':>8} {'ms/token':>9} {'tok/s':>8} {'floor ms':>9} {'floor tok/s':>11} {'% of floor':>10}")
         for ctx in contexts:
             secs = engine.time_decode(ctx, steps)
-            floor = decode_bytes_per_token(config, ctx) / bw
+            floor = decode_bytes_per_token(config, ctx, engine.kv_bytes_per_token) / bw
             rows.append(
                 {
                     "context": ctx,
