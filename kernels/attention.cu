@@ -81,7 +81,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
         for (int pass = 0; pass < SUB / PPP; pass++) {
             const int t = pass * PPP + qt;
             float kf[DPL];
-            kv_decode(kr[pass], kf);
+            kv_decode_unscaled(kr[pass], kf);
+            const float k_scale_run = kv_scale(kr[pass]);  // the lane's DPL values share one scale
 #pragma unroll
             for (int g = 0; g < GQA; g++) {
                 float s = 0.0f;
@@ -90,6 +91,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
                     const float4 qv = *reinterpret_cast<const float4*>(&qs[g][qj][e]);
                     s += qv.x * kf[e] + qv.y * kf[e + 1] + qv.z * kf[e + 2] + qv.w * kf[e + 3];
                 }
+                s *= k_scale_run;
                 s += __shfl_xor_sync(0xffffffffu, s, 1);
                 s += __shfl_xor_sync(0xffffffffu, s, 2);
                 if (qj == 0) p[t][g] = t <= last ? s : NEG_INF;
@@ -126,7 +128,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
         for (int j = 0; j < SUB / PGROUPS; j++) {
             const int t = pg + j * PGROUPS;
             float v[2];
-            kv_decode(vr[j], v);
+            kv_decode_unscaled(vr[j], v);
+            v[0] *= kv_scale(vr[j]);
+            v[1] *= kv_scale(vr[j]);
 #pragma unroll
             for (int g4 = 0; g4 < GQP; g4 += 4) {
                 const float4 pv = *reinterpret_cast<const float4*>(&p[t][g4]);

@@ -31,8 +31,8 @@ __device__ __forceinline__ void kv_store(kv_t* cache, f16_t* scales, long long r
 }
 
 // N consecutive values of a row from dim d0 (d0 and N within one Q8 block), in two phases so a
-// kernel can issue many loads before it needs any of them: kv_fetch issues the loads, kv_decode
-// turns the words into floats.
+// kernel can issue many loads before it needs any of them: kv_fetch issues the loads,
+// kv_decode_unscaled and kv_scale turn the words into floats.
 template <int N>
 struct KvRun {
     static constexpr int BYTES = N * (int)sizeof(kv_t);
@@ -62,14 +62,28 @@ __device__ __forceinline__ KvRun<N> kv_fetch(const kv_t* cache, const f16_t* sca
     return r;
 }
 
+// The values of a run without the int8 scale (apply kv_scale to the results): int8 converts
+// through the float magic 2^23 + 128 + q (one byte permute and one add, full rate) instead of the
+// quarter-rate integer-to-float conversion.
 template <int N>
-__device__ __forceinline__ void kv_decode(const KvRun<N>& r, float* out) {
+__device__ __forceinline__ void kv_decode_unscaled(const KvRun<N>& r, float* out) {
 #if KV_Q8
-    const float s = f16_to_f32(r.scale);
 #pragma unroll
-    for (int e = 0; e < N; e++) out[e] = (float)(signed char)(r.w[e / 4] >> (8 * (e % 4))) * s;
+    for (int e = 0; e < N; e++) {
+        const unsigned biased = r.w[e / 4] ^ 0x80808080u;  // signed byte -> 128 + q
+        out[e] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + (e % 4))) - 8388736.0f;
+    }
 #else
 #pragma unroll
     for (int e = 0; e < N; e++) out[e] = f16_to_f32((f16_t)(r.w[e / 2] >> (16 * (e % 2))));
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ float kv_scale(const KvRun<N>& r) {
+#if KV_Q8
+    return f16_to_f32(r.scale);
+#else
+    return 1.0f;
 #endif
 }
