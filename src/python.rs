@@ -565,6 +565,12 @@ fn kv_dequant<'py>(
     Ok(out(py, detached(py, move || ops::kv_dequant(&*executor_for(device)?, &v, &s, head_dim))?))
 }
 
+/// Panics inside the core, for the test that a Rust panic surfaces as `InternalError`.
+#[pyfunction]
+fn panic_in_core(py: Python<'_>) -> PyResult<()> {
+    detached(py, || -> crate::Result<()> { panic!("deliberate panic from panic_in_core") })
+}
+
 fn kv_dtype(py: Python<'_>, name: &str) -> PyResult<KvDtype> {
     match name {
         "fp16" | "float16" => Ok(KvDtype::Fp16),
@@ -604,6 +610,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     o.add_function(wrap_pyfunction!(attention, &o)?)?;
     o.add_function(wrap_pyfunction!(argmax, &o)?)?;
     o.add_function(wrap_pyfunction!(kv_dequant, &o)?)?;
+    o.add_function(wrap_pyfunction!(panic_in_core, &o)?)?;
     m.add_submodule(&o)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,6 +1,8 @@
 import os
 import sys
+import zlib
 
+import numpy as np
 import pytest
 
 # The helper modules (fixtures, reference, safetensors_io) live beside this file; make them importable
@@ -40,6 +42,20 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"QWEN3_RS_REQUIRE_GPU=1 but {reason}")
     for it in gpu_items:
         it.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """qwen3_rs's single-kernel entry points."""
+    from qwen3_rs._qwen3_rs import ops
+
+    return ops
+
+
+@pytest.fixture
+def rng(request):
+    """New arrays in every test, reproducible from the test id."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(scope="session")

@@ -6,35 +6,9 @@ import json
 
 import pytest
 import qwen3_rs
+from qwen3_rs.bench import QWEN3_8B_AWQ
 
-QWEN3_8B = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "model_type": "qwen3",
-    "hidden_size": 4096,
-    "intermediate_size": 12288,
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "rope_theta": 1000000,
-    "rms_norm_eps": 1e-6,
-    "vocab_size": 151936,
-    "max_position_embeddings": 40960,
-    "tie_word_embeddings": False,
-    "attention_bias": False,
-    "hidden_act": "silu",
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
-    "torch_dtype": "float16",
-    "quantization_config": {
-        "bits": 4,
-        "group_size": 128,
-        "zero_point": True,
-        "version": "gemm",
-        "quant_method": "awq",
-        "modules_to_not_convert": None,
-    },
-}
+QWEN3_8B = QWEN3_8B_AWQ
 TINY = dict(
     QWEN3_8B,
     hidden_size=256,

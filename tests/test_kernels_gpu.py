@@ -8,8 +8,6 @@ below what a kernel rounding activations or dequantized weights to fp16 (relativ
 ~2.8e-4 ||t||) would produce.
 """
 
-import zlib
-
 import numpy as np
 import pytest
 from fixtures import awq_pack
@@ -18,19 +16,6 @@ from reference import awq_unpack, rope, silu
 pytestmark = pytest.mark.gpu
 U = 2.0**-24
 F16_HALF_ULP = 2.0**-11  # relative rounding error of fp16 (normal range)
-
-
-@pytest.fixture(scope="module")
-def ops():
-    from qwen3_rs._qwen3_rs import ops
-
-    return ops
-
-
-@pytest.fixture
-def rng(request):
-    # New arrays in every test, reproducible from the test id.
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def dot_tol(x, w_sq_fn, k):

@@ -17,20 +17,6 @@ from test_kernels_gpu import U, assert_within, attention_ref, norm_rope_ref
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def ops():
-    from qwen3_rs._qwen3_rs import ops
-
-    return ops
-
-
-@pytest.fixture
-def rng(request):
-    import zlib
-
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
 def q8_block(hd):
     return min(64, hd)
 

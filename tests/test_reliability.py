@@ -80,7 +80,30 @@ def test_fuzzed_files_raise_library_errors(make_model, tmp_path):
         shutil.rmtree(path)
 
 
+def test_rust_panic_becomes_an_exception():
+    from qwen3_rs._qwen3_rs import ops
+
+    with pytest.raises(errors.InternalError, match="deliberate panic"):
+        ops.panic_in_core()
+    assert qwen3_rs.cuda_device_count() >= 0  # the interpreter and the module still work
+
+
 gpu = pytest.mark.gpu
+
+
+@gpu
+def test_unknown_tensor_is_a_warning(make_model, tmp_path, caplog):
+    from safetensors_io import load_file, save_file
+
+    path = copy_of(make_model, tmp_path)
+    f = os.path.join(path, "model.safetensors")
+    t = load_file(f)
+    t["model.layers.0.mlp.extra_bias"] = np.zeros(8, np.float16)
+    save_file(t, f)
+    with caplog.at_level("WARNING", logger="qwen3_rs"):
+        engine = qwen3_rs.Qwen3Engine(path, max_seq_len=64)
+    assert any("model.layers.0.mlp.extra_bias" in r.getMessage() for r in caplog.records)
+    assert len(engine.generate([1, 2], max_new_tokens=4, ignore_eos=True)) == 4
 
 
 @pytest.fixture(scope="module")
