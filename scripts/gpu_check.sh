@@ -4,7 +4,7 @@
 # development machine first:
 #     bash scripts/build_carry.sh
 # then run this from the repository root with .carry present. Logs go to $OUT (default ./gpu-out).
-#     scripts/gpu_check.sh [tests|bench|all] [extra pytest args]
+#     scripts/gpu_check.sh [tests|bench|multi|all] [extra pytest args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -26,5 +26,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     python3 -m qwen3_rs bench --peers --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-e2e.log"
     python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --kv-cache-dtype q8 --contexts 4096 16384 32768 \
         2>&1 | tee -a "$OUT/bench-e2e.log"
+fi
+if [ "$what" = multi ]; then
+    python3 -m pytest -q -rs tests/test_multi_gpu.py "$@" 2>&1 | tee "$OUT/pytest-multi.log"
+    status=${PIPESTATUS[0]}
+    python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --multi-gpu 2>&1 | tee "$OUT/bench-multi.log"
 fi
 exit "$status"

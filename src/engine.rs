@@ -1,16 +1,21 @@
 //! The engine: validates a model directory, loads it onto a device, and generates.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
 use crate::cuda::kernel::KvDtype;
 use crate::error::{ensure, Error, Result};
 use crate::model::qwen3::{ModelOptions, Qwen3Model};
+use crate::placement::Placement;
 use crate::weights::Checkpoint;
 
 pub struct EngineOptions {
-    pub device: usize,
+    /// The devices to use; layers are split over them in contiguous ranges balanced by free memory.
+    pub devices: Vec<usize>,
+    /// Explicit placement, one device (of `devices`) per layer.
+    pub layer_devices: Option<Vec<usize>>,
     /// Positions the KV cache holds; defaults to the config's max_position_embeddings.
     pub max_seq_len: Option<usize>,
     /// Replay each decode step from a CUDA graph (one launch instead of hundreds).
@@ -20,7 +25,13 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { device: 0, max_seq_len: None, cuda_graphs: true, kv_cache_dtype: KvDtype::Fp16 }
+        EngineOptions {
+            devices: vec![0],
+            layer_devices: None,
+            max_seq_len: None,
+            cuda_graphs: true,
+            kv_cache_dtype: KvDtype::Fp16,
+        }
     }
 }
 
@@ -50,19 +61,29 @@ impl Engine {
                 n
             }
         };
-        let ex = Executor::new(opts.device)?;
+        let devices = &opts.devices;
+        ensure(!devices.is_empty(), || "devices must list at least one device".into())?;
+        if let Some(d) = devices.iter().enumerate().find(|(i, d)| devices[..*i].contains(d)) {
+            return Err(Error::InvalidArgument(format!("device {} is listed twice in devices", d.1)));
+        }
+        let executors =
+            devices.iter().map(|&d| Executor::new(d).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+        for a in &executors {
+            for b in &executors {
+                if a.ordinal() != b.ordinal() {
+                    a.enable_peer_access(b)?;
+                }
+            }
+        }
         let model_opts =
             ModelOptions { max_seq, cuda_graphs: opts.cuda_graphs, kv_dtype: opts.kv_cache_dtype };
-        let need = Qwen3Model::device_bytes(&config, &model_opts);
-        let (free, _) = ex.memory_info()?;
-        if need > free {
-            return Err(Error::OutOfMemory(format!(
-                "the model needs about {need} bytes on device {} (weights and a KV cache of {max_seq} \
-                 positions) but {free} bytes are free; lower max_seq_len or free memory",
-                opts.device
-            )));
-        }
-        let model = Qwen3Model::load(ex, config, &ckpt, &model_opts)?;
+        let bytes = Qwen3Model::bytes(&config, &model_opts, devices.len() > 1);
+        let free = executors.iter().map(|ex| Ok(ex.memory_info()?.0)).collect::<Result<Vec<_>>>()?;
+        let placement = match &opts.layer_devices {
+            Some(layers) => Placement::explicit(layers.clone(), devices, &free, &bytes)?,
+            None => Placement::balanced(devices, &free, &bytes)?,
+        };
+        let model = Qwen3Model::load(&executors, devices, placement, config, &ckpt, &model_opts)?;
         Ok(Engine { model, warnings })
     }
 
@@ -72,6 +93,16 @@ impl Engine {
 
     pub fn max_seq_len(&self) -> usize {
         self.model.max_seq()
+    }
+
+    /// Which device holds which layer (the embedding with layer 0, the head with the last).
+    pub fn placement(&self) -> &Placement {
+        self.model.placement()
+    }
+
+    /// (device, bytes of weights and KV cache placed on it), for each device in use.
+    pub fn placement_bytes(&self) -> Vec<(usize, usize)> {
+        self.model.placement_bytes()
     }
 
     pub fn kv_cache_dtype(&self) -> KvDtype {

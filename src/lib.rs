@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
+pub mod placement;
 pub mod weights;
 
 #[cfg(feature = "python")]

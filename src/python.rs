@@ -93,7 +93,11 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (model_path, device = 0, max_seq_len = None, kv_cache_dtype = "fp16", cuda_graphs = true))]
+    #[pyo3(signature = (
+        model_path, device = 0, max_seq_len = None, kv_cache_dtype = "fp16", cuda_graphs = true,
+        devices = None, layer_devices = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_path: PathBuf,
@@ -101,9 +105,27 @@ impl PyEngine {
         max_seq_len: Option<i64>,
         kv_cache_dtype: &str,
         cuda_graphs: bool,
+        devices: Option<Vec<i64>>,
+        layer_devices: Option<Vec<i64>>,
     ) -> PyResult<Self> {
+        let list = |name: &str, v: Vec<i64>| {
+            v.into_iter().map(|d| non_negative(name, d)).collect::<PyResult<Vec<_>>>()
+        };
+        let layer_devices = layer_devices.map(|v| list("layer_devices", v)).transpose()?;
+        let devices = match (devices, &layer_devices) {
+            (Some(v), _) => list("devices", v)?,
+            // Explicit layers without a device list: the devices they name, in first-use order.
+            (None, Some(layers)) => layers.iter().fold(Vec::new(), |mut acc, &d| {
+                if !acc.contains(&d) {
+                    acc.push(d);
+                }
+                acc
+            }),
+            (None, None) => vec![non_negative("device", device)?],
+        };
         let opts = EngineOptions {
-            device: non_negative("device", device)?,
+            devices,
+            layer_devices,
             max_seq_len: max_seq_len.map(|n| non_negative("max_seq_len", n)).transpose()?,
             cuda_graphs,
             kv_cache_dtype: kv_dtype(py, kv_cache_dtype)?,
@@ -162,6 +184,25 @@ impl PyEngine {
     fn time_decode(&self, py: Python<'_>, context: usize, steps: usize) -> PyResult<f64> {
         let inner = self.inner.clone();
         detached(py, move || lock(&inner)?.time_decode(context, steps))
+    }
+
+    /// Where the model lives: {"layers": [device of each layer], "embed_tokens": device,
+    /// "norm": device, "lm_head": device, "bytes": {device: bytes of weights and KV cache}}.
+    #[getter]
+    fn placement<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        let (layers, bytes) = detached(py, move || {
+            let engine = lock(&inner)?;
+            Ok((engine.placement().layer_devices.clone(), engine.placement_bytes()))
+        })?;
+        let d = pyo3::types::PyDict::new(py);
+        let head = *layers.last().unwrap_or(&0);
+        d.set_item("embed_tokens", layers.first().copied().unwrap_or(0))?;
+        d.set_item("norm", head)?;
+        d.set_item("lm_head", head)?;
+        d.set_item("layers", layers)?;
+        d.set_item("bytes", bytes.into_iter().collect::<HashMap<_, _>>())?;
+        Ok(d.into_any())
     }
 
     /// The model's config.json as a dict.

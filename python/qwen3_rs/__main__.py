@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     bench.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "q8"])
     bench.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
     bench.add_argument("--peers", action="store_true", help="also time the GEMV shapes through torch")
+    bench.add_argument("--multi-gpu", action="store_true", help="compare one GPU with a split over two (context 128)")
     args = parser.parse_args(argv)
 
     from . import bench as b
@@ -31,6 +32,11 @@ def main(argv=None) -> int:
         if not os.path.exists(os.path.join(model, "config.json")):
             size = b.write_random_checkpoint(model)
             print(f"wrote a random Qwen3-8B-AWQ-shaped checkpoint to {model}: {size / 1e9:.2f} GB")
+    if args.multi_gpu:
+        if model is None:
+            parser.error("--multi-gpu needs --model or --random-model-dir")
+        b.multi_gpu(model)
+        return 0
     b.run(
         model,
         args.contexts,

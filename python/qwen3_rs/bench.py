@@ -189,6 +189,42 @@ def run(
             tmp.cleanup()
 
 
+def multi_gpu(model: str, devices=(0, 1), context: int = 128, steps: int = 64, log=print) -> dict:
+    """Decode tok/s of one model on one GPU, split over `devices` in contiguous ranges, and with
+    layers alternating between the first two devices (a boundary after every layer), which gives
+    the cost of one crossing."""
+    import gc
+
+    from . import Qwen3Engine
+
+    out = {}
+    n_layers = None
+    for name, kwargs in (
+        ("1 GPU", {"devices": [devices[0]]}),
+        (f"{len(devices)} GPUs, contiguous", {"devices": list(devices)}),
+        ("2 GPUs, alternating every layer", {"layer_devices": "alternate"}),
+    ):
+        if kwargs.get("layer_devices") == "alternate":
+            kwargs = {"layer_devices": [devices[i % 2] for i in range(n_layers)]}
+        engine = Qwen3Engine(model, max_seq_len=context + steps + 2, **kwargs)
+        n_layers = engine.config["num_hidden_layers"]
+        layers = engine.placement["layers"]
+        crossings = sum(a != b for a, b in zip(layers, layers[1:]))
+        secs = engine.time_decode(context, steps)
+        out[name] = {"ms_per_token": secs * 1e3, "crossings": crossings}
+        log(f"{name:<34} {secs * 1e3:7.3f} ms/token {1 / secs:7.1f} tok/s  ({crossings} device crossings per token)")
+        del engine
+        gc.collect()
+    split, alt = out[f"{len(devices)} GPUs, contiguous"], out["2 GPUs, alternating every layer"]
+    per_crossing = (alt["ms_per_token"] - split["ms_per_token"]) / max(1, alt["crossings"] - split["crossings"])
+    log(
+        f"one device crossing: {per_crossing * 1e3:.1f} us; contiguous split vs 1 GPU: "
+        f"{100 * (split['ms_per_token'] / out['1 GPU']['ms_per_token'] - 1):+.1f}% time per token"
+    )
+    out["crossing_us"] = per_crossing * 1e3
+    return out
+
+
 def torch_peers(device: int = 0, log=print) -> list[dict]:
     """Times the Qwen3-8B GEMV shapes through torch's int4 kernel (torch._weight_int4pack_mm,
     group 128, as gpt-fast and torchao use) and fp16 F.linear, when torch with CUDA is installed."""

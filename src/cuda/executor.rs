@@ -90,6 +90,25 @@ impl Executor {
         self.pdl
     }
 
+    /// Lets this device read and write `other`'s memory directly (NVLink / PCIe peer to peer)
+    /// where the hardware allows; copies between devices work either way (the driver stages them).
+    pub fn enable_peer_access(&self, other: &Executor) -> Result<()> {
+        let mut can = 0;
+        // SAFETY: plain driver queries and a context-local setting on live contexts.
+        unsafe {
+            sys::cuDeviceCanAccessPeer(&mut can, self.ctx.cu_device(), other.ctx.cu_device()).result()?;
+            if can == 0 {
+                return Ok(());
+            }
+            self.ctx.bind_to_thread()?;
+            match sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) {
+                sys::cudaError_enum::CUDA_SUCCESS
+                | sys::cudaError_enum::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(()),
+                e => Err(Error::Driver(DriverError(e))),
+            }
+        }
+    }
+
     /// (free, total) device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         Ok(self.ctx.mem_get_info()?)

@@ -1,6 +1,12 @@
-//! The Qwen3 decoder on one device: weights, KV cache, activation buffers and the kernels of
-//! one decode step. A step reads token and position from device memory (`step`), so the launch
-//! sequence is identical every step.
+//! The Qwen3 decoder, placed on one or more devices. Each `Segment` is a run of consecutive layers
+//! on one device with its own KV cache, activation buffers and kernels (compiled for that device);
+//! the first segment also embeds the token, the last also computes the logits and samples. The
+//! hidden state crosses a device boundary by a peer copy ordered after the sending segment's work
+//! (an event wait, never a device-wide synchronize). A step reads its token and position from
+//! device memory (`step`), so each segment's launch sequence is identical every step and replays
+//! from a CUDA graph.
+
+use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
@@ -14,6 +20,7 @@ use crate::cuda::launch::{
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::awq_linear::{halves, AwqLinear, Stacking};
+use crate::placement::{ModelBytes, Placement};
 use crate::weights::{awq_linears, Checkpoint};
 
 struct Layer {
@@ -29,7 +36,7 @@ struct Layer {
     down_proj: AwqLinear,
 }
 
-/// The kernels of a step, specialized for this model's shapes.
+/// The kernels of a step, specialized for this model's shapes and the segment's device.
 struct Kernels {
     embedding: Embedding,
     rms_norm: RmsNorm,
@@ -57,179 +64,205 @@ struct Buffers {
     logits: CudaSlice<f32>,
 }
 
-/// How a model is set up on its device.
+/// The final norm and the lm_head; None when tied to embeddings on the same device.
+struct Head {
+    norm: CudaSlice<u16>,
+    lm_head: Option<CudaSlice<u16>>,
+}
+
+/// How a model is set up.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
     /// Positions the KV cache holds.
     pub max_seq: usize,
-    /// Replay each decode step from a CUDA graph.
+    /// Replay each decode step from CUDA graphs.
     pub cuda_graphs: bool,
     pub kv_dtype: KvDtype,
 }
 
-pub struct Qwen3Model {
-    pub config: Qwen3Config,
-    ex: Executor,
-    embed_tokens: CudaSlice<u16>,
-    /// None when tied to embed_tokens.
-    lm_head: Option<CudaSlice<u16>>,
-    norm: CudaSlice<u16>,
+/// A captured launch sequence.
+struct Graph(CudaGraph);
+
+// SAFETY: CUDA graphs may be used from any thread as long as calls on one graph are serialized;
+// a graph is only touched through `&mut Qwen3Model`, which guarantees that.
+unsafe impl Send for Graph {}
+
+struct Segment {
+    ex: Arc<Executor>,
+    first_layer: usize,
     layers: Vec<Layer>,
     kv: KvCache,
     k: Kernels,
     b: Buffers,
-    use_graph: bool,
-    graph: Option<DecodeGraph>,
+    /// On the first segment.
+    embed_tokens: Option<CudaSlice<u16>>,
+    /// On the last segment.
+    head: Option<Head>,
+    /// The decode step of this segment (with sampling on the last one), captured on first use.
+    graph: Option<Graph>,
 }
 
-/// The captured decode step.
-struct DecodeGraph(CudaGraph);
-
-// SAFETY: CUDA graphs may be used from any thread as long as calls on one graph are serialized;
-// the graph is only touched through `&mut Qwen3Model`, which guarantees that.
-unsafe impl Send for DecodeGraph {}
+pub struct Qwen3Model {
+    pub config: Qwen3Config,
+    segments: Vec<Segment>,
+    placement: Placement,
+    max_seq: usize,
+    kv_dtype: KvDtype,
+    use_graph: bool,
+}
 
 impl Qwen3Model {
-    /// Device bytes the model will allocate (weights, KV cache, activations), for an up-front
-    /// check against free memory.
-    pub fn device_bytes(c: &Qwen3Config, opts: &ModelOptions) -> usize {
+    /// Device bytes by part (weights, KV cache, activations), for placement and the up-front check
+    /// against free memory.
+    pub fn bytes(c: &Qwen3Config, opts: &ModelOptions, multi_device: bool) -> ModelBytes {
         let (h, g) = (c.hidden_size, c.quantization.group_size);
-        let embed = c.vocab_size * h * 2 * if c.tie_word_embeddings { 1 } else { 2 };
-        let layer = AwqLinear::device_bytes(h, c.q_dim() + 2 * c.kv_dim(), g)
+        let table = c.vocab_size * h * 2;
+        let weights = AwqLinear::device_bytes(h, c.q_dim() + 2 * c.kv_dim(), g)
             + AwqLinear::device_bytes(c.q_dim(), h, g)
             + AwqLinear::device_bytes(h, 2 * c.intermediate_size, g)
             + AwqLinear::device_bytes(c.intermediate_size, h, g);
-        let kv = KvCache::bytes_per_token(head_shape(c), c.num_hidden_layers, opts.kv_dtype) * opts.max_seq;
-        embed + layer * c.num_hidden_layers + kv + c.vocab_size * 4 + (64 << 20)
+        let kv = KvCache::bytes_per_token(head_shape(c), 1, opts.kv_dtype) * opts.max_seq;
+        // A tied lm_head shares the embeddings only when both sit on one device.
+        let head = if c.tie_word_embeddings && !multi_device { 0 } else { table };
+        // Activations, logits and attention scratch: generously, per device.
+        let scratch = c.vocab_size * 4 + (64 << 20);
+        ModelBytes {
+            layer: weights + kv,
+            n_layers: c.num_hidden_layers,
+            embed: table + scratch,
+            head: head + scratch,
+        }
     }
 
-    /// Uploads a validated checkpoint onto `ex`'s device.
-    pub fn load(ex: Executor, config: Qwen3Config, ckpt: &Checkpoint, opts: &ModelOptions) -> Result<Self> {
+    /// Uploads a validated checkpoint onto the devices of `placement` (`executors[i]` runs device
+    /// `devices[i]`).
+    pub fn load(
+        executors: &[Arc<Executor>],
+        devices: &[usize],
+        placement: Placement,
+        config: Qwen3Config,
+        ckpt: &Checkpoint,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
         let c = &config;
-        let (h, g) = (c.hidden_size, c.quantization.group_size);
-        let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
-
-        let embed_tokens = f16("model.embed_tokens.weight")?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(f16("lm_head.weight")?) };
-        let norm = f16("model.norm.weight")?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let attn = |name: &str| format!("{p}.self_attn.{name}");
-            let mlp = |name: &str| format!("{p}.mlp.{name}");
-            layers.push(Layer {
-                input_layernorm: f16(&format!("{p}.input_layernorm.weight"))?,
-                post_attention_layernorm: f16(&format!("{p}.post_attention_layernorm.weight"))?,
-                q_norm: f16(&attn("q_norm.weight"))?,
-                k_norm: f16(&attn("k_norm.weight"))?,
-                qkv_proj: AwqLinear::load(
-                    &ex,
-                    ckpt,
-                    &[
-                        (&attn("q_proj"), c.q_dim()),
-                        (&attn("k_proj"), c.kv_dim()),
-                        (&attn("v_proj"), c.kv_dim()),
-                    ],
-                    h,
-                    g,
-                    Stacking::Concat,
-                )?,
-                o_proj: AwqLinear::load(&ex, ckpt, &[(&attn("o_proj"), h)], c.q_dim(), g, Stacking::Concat)?,
-                gate_up_proj: AwqLinear::load(
-                    &ex,
-                    ckpt,
-                    &[(&mlp("gate_proj"), c.intermediate_size), (&mlp("up_proj"), c.intermediate_size)],
-                    h,
-                    g,
-                    Stacking::Interleave,
-                )?,
-                down_proj: AwqLinear::load(
-                    &ex,
-                    ckpt,
-                    &[(&mlp("down_proj"), h)],
-                    c.intermediate_size,
-                    g,
-                    Stacking::Concat,
-                )?,
+        let plan = placement.segments();
+        let mut segments = Vec::with_capacity(plan.len());
+        for (i, &(device, first_layer, count)) in plan.iter().enumerate() {
+            let ex = devices
+                .iter()
+                .position(|&d| d == device)
+                .map(|j| executors[j].clone())
+                .ok_or_else(|| Error::Internal(format!("no executor for device {device}")))?;
+            let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
+            let layers = (first_layer..first_layer + count)
+                .map(|l| load_layer(&ex, c, ckpt, l))
+                .collect::<Result<_>>()?;
+            let embed_tokens = if i == 0 { Some(f16("model.embed_tokens.weight")?) } else { None };
+            let head = if i + 1 == plan.len() {
+                let lm_head = match (c.tie_word_embeddings, i) {
+                    (true, 0) => None, // shares this segment's embeddings
+                    (true, _) => Some(f16("model.embed_tokens.weight")?),
+                    (false, _) => Some(f16("lm_head.weight")?),
+                };
+                Some(Head { norm: f16("model.norm.weight")?, lm_head })
+            } else {
+                None
+            };
+            segments.push(Segment {
+                k: Kernels::new(&ex, c, opts)?,
+                b: Buffers::new(&ex, c)?,
+                kv: KvCache::new(&ex, head_shape(c), count, opts.max_seq, opts.kv_dtype)?,
+                ex,
+                first_layer,
+                layers,
+                embed_tokens,
+                head,
+                graph: None,
             });
         }
-
-        let shape = head_shape(c);
-        let k = Kernels {
-            embedding: Embedding::new(&ex, h, c.vocab_size)?,
-            rms_norm: RmsNorm::new(&ex, h)?,
-            qkv_proj: AwqGemv::new(&ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store, true)?,
-            qk_norm_rope: QkNormRope::new(&ex, shape, opts.kv_dtype)?,
-            attention: Attention::new(&ex, shape, opts.max_seq, opts.kv_dtype)?,
-            o_proj: AwqGemv::new(&ex, c.q_dim(), h, g, Epilogue::AddTo, false)?,
-            gate_up_proj: AwqGemv::new(&ex, h, c.intermediate_size, g, Epilogue::SiluMul, true)?,
-            down_proj: AwqGemv::new(&ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
-            lm_head: HalfGemv::new(&ex, h, c.vocab_size)?,
-            argmax: Argmax::new(&ex, c.vocab_size)?,
-        };
-        let b = Buffers {
-            step: ex.zeros(STEP_LEN, "step")?,
-            hidden: ex.zeros(h, "activations")?,
-            normed: ex.zeros(h, "activations")?,
-            qkv: ex.zeros(c.q_dim() + 2 * c.kv_dim(), "activations")?,
-            q: ex.zeros(c.q_dim(), "activations")?,
-            attn: ex.zeros(c.q_dim(), "activations")?,
-            mlp_act: ex.zeros(c.intermediate_size, "activations")?,
-            logits: ex.zeros(c.vocab_size, "logits")?,
-        };
-        let kv = KvCache::new(&ex, shape, c.num_hidden_layers, opts.max_seq, opts.kv_dtype)?;
-        ex.synchronize()?;
-        let use_graph = opts.cuda_graphs;
-        Ok(Qwen3Model { config, ex, embed_tokens, lm_head, norm, layers, kv, k, b, use_graph, graph: None })
+        for ex in executors {
+            ex.synchronize()?;
+        }
+        Ok(Qwen3Model {
+            config,
+            segments,
+            placement,
+            max_seq: opts.max_seq,
+            kv_dtype: opts.kv_dtype,
+            use_graph: opts.cuda_graphs,
+        })
     }
 
     pub fn max_seq(&self) -> usize {
-        self.kv.max_seq
+        self.max_seq
     }
 
     pub fn kv_dtype(&self) -> KvDtype {
-        self.kv.dtype
+        self.kv_dtype
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// (device, bytes) for each device in use, from the same counts the placement used.
+    pub fn placement_bytes(&self) -> Vec<(usize, usize)> {
+        let mut devices: Vec<usize> = self.placement.layer_devices.clone();
+        devices.dedup();
+        devices.sort_unstable();
+        devices.dedup();
+        let opts =
+            ModelOptions { max_seq: self.max_seq, cuda_graphs: self.use_graph, kv_dtype: self.kv_dtype };
+        let bytes = Self::bytes(&self.config, &opts, devices.len() > 1);
+        devices.iter().copied().zip(self.placement.bytes(&devices, &bytes)).collect()
     }
 
     /// KV-cache bytes per position (all layers, scales included) and allocated in all.
     pub fn kv_bytes(&self) -> (usize, usize) {
         let per_token =
-            KvCache::bytes_per_token(head_shape(&self.config), self.config.num_hidden_layers, self.kv.dtype);
-        (per_token, per_token * self.kv.max_seq)
+            KvCache::bytes_per_token(head_shape(&self.config), self.config.num_hidden_layers, self.kv_dtype);
+        (per_token, per_token * self.max_seq)
     }
 
     /// One layer's cached K and V for positions [0, len), dequantized to fp32, each
     /// [n_kv_heads][len][head_dim] (int8 caches go through the kv_dequant kernel).
     pub fn kv_cache(&self, layer: usize, len: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let c = &self.config;
-        let cache = self.kv.layers.get(layer).ok_or_else(|| {
-            Error::InvalidArgument(format!("layer {layer} does not exist ({} layers)", c.num_hidden_layers))
-        })?;
-        if len > self.kv.max_seq {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| (s.first_layer..s.first_layer + s.layers.len()).contains(&layer))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "layer {layer} does not exist ({} layers)",
+                    c.num_hidden_layers
+                ))
+            })?;
+        if len > self.max_seq {
             return Err(Error::InvalidArgument(format!(
                 "{len} positions exceed max_seq_len ({})",
-                self.kv.max_seq
+                self.max_seq
             )));
         }
-        let hd = c.head_dim;
+        let cache = &seg.kv.layers[layer - seg.first_layer];
+        let (ex, hd) = (&seg.ex, c.head_dim);
         let full = |values: &CudaSlice<u8>, scales: &CudaSlice<u16>| -> Result<Vec<f32>> {
-            match self.kv.dtype {
-                KvDtype::Fp16 => Ok(self
-                    .ex
+            match self.kv_dtype {
+                KvDtype::Fp16 => Ok(ex
                     .download(values)?
                     .chunks_exact(2)
                     .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
                     .collect()),
                 KvDtype::Q8 => {
-                    let mut out = self.ex.zeros::<f32>(values.len(), "dequantized KV cache")?;
-                    KvDequant::new(&self.ex, hd)?.launch(self.ex.stream(), values, scales, &mut out)?;
-                    self.ex.download(&out)
+                    let mut out = ex.zeros::<f32>(values.len(), "dequantized KV cache")?;
+                    KvDequant::new(ex, hd)?.launch(ex.stream(), values, scales, &mut out)?;
+                    ex.download(&out)
                 }
             }
         };
         let rows = |all: Vec<f32>| -> Vec<f32> {
             (0..c.num_key_value_heads)
-                .flat_map(|h| all[h * self.kv.max_seq * hd..(h * self.kv.max_seq + len) * hd].to_vec())
+                .flat_map(|h| all[h * self.max_seq * hd..(h * self.max_seq + len) * hd].to_vec())
                 .collect()
         };
         Ok((rows(full(&cache.k, &cache.k_scale)?), rows(full(&cache.v, &cache.v_scale)?)))
@@ -238,61 +271,95 @@ impl Qwen3Model {
     /// Runs one position: embeds `token`, appends its K/V at `pos`, and (when `want_logits`)
     /// computes the logits. Asynchronous: nothing is read back.
     pub fn step(&mut self, token: u32, pos: usize, want_logits: bool) -> Result<()> {
-        if token as usize >= self.config.vocab_size || pos >= self.kv.max_seq {
+        if token as usize >= self.config.vocab_size || pos >= self.max_seq {
             return Err(Error::Internal(format!("step({token}, {pos}) escaped validation")));
         }
-        self.ex.stream().memcpy_htod(&[token as i32, pos as i32], &mut self.b.step)?;
-        self.forward(want_logits)
+        for seg in &mut self.segments {
+            seg.ex.stream().memcpy_htod(&[token as i32, pos as i32], &mut seg.b.step)?;
+        }
+        for i in 0..self.segments.len() {
+            pass_hidden(&mut self.segments, i)?;
+            self.segments[i].forward(&self.config, want_logits, false)?;
+        }
+        Ok(())
     }
 
     /// Greedy sampling on the device: the step's token becomes the argmax of the last logits and
     /// its position advances by one, ready for `decode_greedy`.
     pub fn sample_greedy(&mut self) -> Result<()> {
-        self.k.argmax.launch(self.ex.stream(), &self.b.logits, &mut self.b.step, true)
+        let last = self.last();
+        let seg = &mut self.segments[last];
+        let (Some(_), k, b) = (&seg.head, &seg.k, &mut seg.b) else {
+            return Err(Error::Internal("the last segment has no head".into()));
+        };
+        k.argmax.launch(seg.ex.stream(), &b.logits, &mut b.step, true)?;
+        self.share_step()
     }
 
-    /// One greedy decode step entirely on the device (forward of the step's token, then
-    /// `sample_greedy`), replayed from a CUDA graph captured on first use.
+    /// One greedy decode step entirely on the devices (forward of the step's token, argmax,
+    /// position advance), each segment replayed from its CUDA graph.
     pub fn decode_greedy(&mut self) -> Result<()> {
-        if !self.use_graph {
-            self.forward(true)?;
-            return self.sample_greedy();
-        }
-        if self.graph.is_none() {
-            let s = self.ex.stream().clone();
-            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-            let captured = self.forward(true).and_then(|_| self.sample_greedy());
-            // End the capture on every path so the stream is usable again.
-            let graph = s.end_capture(CUgraphInstantiate_flags(0));
-            captured?;
-            self.graph = graph?.map(DecodeGraph);
-            if self.graph.is_none() {
-                return Err(Error::Internal("stream capture produced no graph".into()));
+        for i in 0..self.segments.len() {
+            pass_hidden(&mut self.segments, i)?;
+            let seg = &mut self.segments[i];
+            if self.use_graph {
+                seg.replay(&self.config)?;
+            } else {
+                seg.forward(&self.config, true, true)?;
             }
         }
-        match &self.graph {
-            Some(g) => Ok(g.0.launch()?),
-            None => Err(Error::Internal("no decode graph".into())),
-        }
+        self.share_step()
     }
 
     /// The step's current token (waits for the device; a 4-byte read).
     pub fn current_token(&self) -> Result<u32> {
-        Ok(self.ex.download(&self.b.step)?[0].max(0) as u32)
+        let seg = &self.segments[self.last()];
+        Ok(seg.ex.download(&seg.b.step)?[0].max(0) as u32)
     }
 
     /// The last step's logits, copied to the host.
     pub fn logits(&self) -> Result<Vec<f32>> {
-        self.ex.download(&self.b.logits)
+        let seg = &self.segments[self.last()];
+        seg.ex.download(&seg.b.logits)
     }
 
-    fn forward(&mut self, want_logits: bool) -> Result<()> {
+    fn last(&self) -> usize {
+        self.segments.len() - 1
+    }
+
+    /// Copies the last segment's step (sampled token, advanced position) to the others.
+    fn share_step(&mut self) -> Result<()> {
+        let last = self.last();
+        let (others, tail) = self.segments.split_at_mut(last);
+        for seg in others {
+            seg.ex.stream().memcpy_dtod(&tail[0].b.step, &mut seg.b.step)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies segment i-1's hidden state into segment i, on i's stream after i-1's work (a peer copy
+/// across devices, ordered by an event).
+fn pass_hidden(segments: &mut [Segment], i: usize) -> Result<()> {
+    if i == 0 {
+        return Ok(());
+    }
+    let (before, after) = segments.split_at_mut(i);
+    let (src, dst) = (&before[i - 1], &mut after[0]);
+    dst.ex.stream().memcpy_dtod(&src.b.hidden, &mut dst.b.hidden)?;
+    Ok(())
+}
+
+impl Segment {
+    /// This segment's launches: embedding on the first, its layers, then on the last the final
+    /// norm and lm_head (`want_logits`) and greedy sampling (`sample`).
+    fn forward(&mut self, c: &Qwen3Config, want_logits: bool, sample: bool) -> Result<()> {
         let s = self.ex.stream().clone();
-        let c = &self.config;
         let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
         let (k, b) = (&mut self.k, &mut self.b);
-
-        k.embedding.launch(&s, &b.step, &self.embed_tokens, &mut b.hidden)?;
+        if let Some(table) = &self.embed_tokens {
+            k.embedding.launch(&s, &b.step, table, &mut b.hidden)?;
+        }
         for (layer, cache) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
             k.qkv_proj.launch(
                 &s,
@@ -319,17 +386,104 @@ impl Qwen3Model {
             k.gate_up_proj.launch(&s, &b.hidden, post_norm, &layer.gate_up_proj, &mut b.mlp_act)?;
             k.down_proj.launch(&s, &b.mlp_act, None, &layer.down_proj, &mut b.hidden)?;
         }
-        if want_logits {
-            k.rms_norm.launch(&s, &b.hidden, &self.norm, &mut b.normed, eps)?;
-            let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if let (Some(head), true) = (&self.head, want_logits) {
+            let lm_head = head
+                .lm_head
+                .as_ref()
+                .or(self.embed_tokens.as_ref())
+                .ok_or_else(|| Error::Internal("no lm_head on the last segment".into()))?;
+            k.rms_norm.launch(&s, &b.hidden, &head.norm, &mut b.normed, eps)?;
             k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
+            if sample {
+                k.argmax.launch(&s, &b.logits, &mut b.step, true)?;
+            }
         }
         Ok(())
     }
 
-    pub fn executor(&self) -> &Executor {
-        &self.ex
+    /// The decode launches from a CUDA graph, captured on first use.
+    fn replay(&mut self, c: &Qwen3Config) -> Result<()> {
+        if self.graph.is_none() {
+            let s = self.ex.stream().clone();
+            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+            let captured = self.forward(c, true, true);
+            // End the capture on every path so the stream is usable again.
+            let graph = s.end_capture(CUgraphInstantiate_flags(0));
+            captured?;
+            self.graph = Some(Graph(
+                graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))?,
+            ));
+        }
+        match &self.graph {
+            Some(g) => Ok(g.0.launch()?),
+            None => Err(Error::Internal("no decode graph".into())),
+        }
     }
+}
+
+impl Kernels {
+    fn new(ex: &Executor, c: &Qwen3Config, opts: &ModelOptions) -> Result<Self> {
+        let (h, g, shape) = (c.hidden_size, c.quantization.group_size, head_shape(c));
+        Ok(Kernels {
+            embedding: Embedding::new(ex, h, c.vocab_size)?,
+            rms_norm: RmsNorm::new(ex, h)?,
+            qkv_proj: AwqGemv::new(ex, h, c.q_dim() + 2 * c.kv_dim(), g, Epilogue::Store, true)?,
+            qk_norm_rope: QkNormRope::new(ex, shape, opts.kv_dtype)?,
+            attention: Attention::new(ex, shape, opts.max_seq, opts.kv_dtype)?,
+            o_proj: AwqGemv::new(ex, c.q_dim(), h, g, Epilogue::AddTo, false)?,
+            gate_up_proj: AwqGemv::new(ex, h, c.intermediate_size, g, Epilogue::SiluMul, true)?,
+            down_proj: AwqGemv::new(ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
+            lm_head: HalfGemv::new(ex, h, c.vocab_size)?,
+            argmax: Argmax::new(ex, c.vocab_size)?,
+        })
+    }
+}
+
+impl Buffers {
+    fn new(ex: &Executor, c: &Qwen3Config) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Buffers {
+            step: ex.zeros(STEP_LEN, "step")?,
+            hidden: ex.zeros(h, "activations")?,
+            normed: ex.zeros(h, "activations")?,
+            qkv: ex.zeros(c.q_dim() + 2 * c.kv_dim(), "activations")?,
+            q: ex.zeros(c.q_dim(), "activations")?,
+            attn: ex.zeros(c.q_dim(), "activations")?,
+            mlp_act: ex.zeros(c.intermediate_size, "activations")?,
+            logits: ex.zeros(c.vocab_size, "logits")?,
+        })
+    }
+}
+
+fn load_layer(ex: &Executor, c: &Qwen3Config, ckpt: &Checkpoint, l: usize) -> Result<Layer> {
+    let (h, g) = (c.hidden_size, c.quantization.group_size);
+    let p = format!("model.layers.{l}");
+    let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
+    let attn = |name: &str| format!("{p}.self_attn.{name}");
+    let mlp = |name: &str| format!("{p}.mlp.{name}");
+    let qkv = [
+        (&attn("q_proj")[..], c.q_dim()),
+        (&attn("k_proj")[..], c.kv_dim()),
+        (&attn("v_proj")[..], c.kv_dim()),
+    ];
+    let gate_up = [(&mlp("gate_proj")[..], c.intermediate_size), (&mlp("up_proj")[..], c.intermediate_size)];
+    Ok(Layer {
+        input_layernorm: f16(&format!("{p}.input_layernorm.weight"))?,
+        post_attention_layernorm: f16(&format!("{p}.post_attention_layernorm.weight"))?,
+        q_norm: f16(&attn("q_norm.weight"))?,
+        k_norm: f16(&attn("k_norm.weight"))?,
+        qkv_proj: AwqLinear::load(ex, ckpt, &qkv, h, g, Stacking::Concat)?,
+        o_proj: AwqLinear::load(ex, ckpt, &[(&attn("o_proj"), h)], c.q_dim(), g, Stacking::Concat)?,
+        gate_up_proj: AwqLinear::load(ex, ckpt, &gate_up, h, g, Stacking::Interleave)?,
+        down_proj: AwqLinear::load(
+            ex,
+            ckpt,
+            &[(&mlp("down_proj"), h)],
+            c.intermediate_size,
+            g,
+            Stacking::Concat,
+        )?,
+    })
 }
 
 /// Every kernel specialization the model uses (for ahead-of-time compilation and its tests).
