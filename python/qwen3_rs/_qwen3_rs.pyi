@@ -24,11 +24,14 @@ class Qwen3Engine:
         max_seq_len: int | None = None,
         kv_cache_dtype: str = "fp16",
         cuda_graphs: bool = True,
+        devices: Sequence[int] | None = None,
+        layer_devices: Sequence[int] | None = None,
     ) -> None:
-        """Loads `model_path` onto GPU `device`. `max_seq_len` (default: the config's
-        max_position_embeddings) sizes the KV cache, allocated once; `kv_cache_dtype` is "fp16" or
-        "q8" (int8 with an fp16 scale per 64 values, 51.6% of the fp16 bytes); `cuda_graphs`
-        replays each decode step from a captured CUDA graph."""
+        """Loads `model_path` onto GPU `device`, or over `devices` (layers in contiguous ranges
+        balanced by free memory), or as `layer_devices` says (one device per layer).
+        `max_seq_len` (default: the config's max_position_embeddings) sizes the KV cache, allocated
+        once; `kv_cache_dtype` is "fp16" or "q8" (int8 with an fp16 scale per 64 values, 51.6% of
+        the fp16 bytes); `cuda_graphs` replays each decode step from captured CUDA graphs."""
     def generate(self, ids: TokenIds, max_new_tokens: int = 20, ignore_eos: bool = False) -> list[int]:
         """Greedy continuation of `ids` from a fresh sequence; returns the new token ids only.
 
@@ -39,6 +42,10 @@ class Qwen3Engine:
         """Logits at every position of `ids`, shape [len(ids), vocab_size]."""
     def time_decode(self, context: int, steps: int = 64) -> float:
         """Seconds per greedy decode step with `context` positions cached (benchmarking)."""
+    @property
+    def placement(self) -> dict[str, Any]:
+        """{"layers": [device of each layer], "embed_tokens", "norm", "lm_head": devices,
+        "bytes": {device: bytes of weights and KV cache}}."""
     @property
     def config(self) -> dict[str, Any]:
         """The model's config.json."""
