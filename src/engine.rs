@@ -1,4 +1,4 @@
-//! The engine: validates a model directory, loads it onto a device, and generates.
+//! The engine: validates a model directory, places it on one or more devices, and generates.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,8 +42,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads a Hugging Face Qwen3 AWQ checkpoint directory. Every file is validated before the
-    /// GPU is touched; the memory needed is checked against the device's free memory before any
+    /// Loads a Hugging Face Qwen3 AWQ checkpoint directory. Every file is validated before a GPU
+    /// is touched; the placement checks each device's share against its free memory before any
     /// weight is allocated.
     pub fn load(dir: &Path, opts: &EngineOptions) -> Result<Self> {
         let config = Qwen3Config::from_dir(dir)?;
