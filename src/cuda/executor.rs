@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-    ValidAsZeroBits,
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -107,6 +107,49 @@ impl Executor {
                 e => Err(Error::Driver(DriverError(e))),
             }
         }
+    }
+
+    /// An event of this device's context, for ordering work across streams and devices.
+    pub fn event(&self) -> Result<CudaEvent> {
+        Ok(self.ctx.new_event(None)?)
+    }
+
+    /// Copies `src`, a buffer of `from`'s device, into `dst` on this executor's stream, after all
+    /// work `from` has queued so far: `ready` (an event of `from`) is recorded on `from`'s stream
+    /// and waited on here. No device-wide synchronization and nothing allocated, so it can sit in
+    /// the decode loop; across devices it is a peer copy (direct where peer access is enabled).
+    pub fn copy_from<T: DeviceRepr>(
+        &self,
+        dst: &mut CudaSlice<T>,
+        from: &Executor,
+        src: &CudaSlice<T>,
+        ready: &CudaEvent,
+    ) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(Error::Internal(format!("copy of {} values into {}", src.len(), dst.len())));
+        }
+        ready.record(&from.stream)?;
+        self.stream.wait(ready)?;
+        if Arc::ptr_eq(&self.ctx, &from.ctx) {
+            return Ok(self.stream.memcpy_dtod(src, dst)?);
+        }
+        let bytes = src.len() * std::mem::size_of::<T>();
+        let (src_ptr, _) = src.device_ptr(&from.stream);
+        let (dst_ptr, _) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: both pointers are live allocations of at least `bytes` (checked above) on their
+        // contexts; the stream order (the wait above, then later work on this stream) keeps them
+        // from being written while the copy runs.
+        unsafe {
+            result::memcpy_peer_async(
+                self.ctx.cu_ctx(),
+                dst_ptr,
+                from.ctx.cu_ctx(),
+                src_ptr,
+                bytes,
+                self.stream.cu_stream(),
+            )?;
+        }
+        Ok(())
     }
 
     /// (free, total) device memory in bytes.

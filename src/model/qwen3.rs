@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
@@ -100,6 +100,8 @@ struct Segment {
     head: Option<Head>,
     /// The decode step of this segment (with sampling on the last one), captured on first use.
     graph: Option<Graph>,
+    /// Recorded after this segment's work when another device reads its output.
+    ready: CudaEvent,
 }
 
 pub struct Qwen3Model {
@@ -168,6 +170,7 @@ impl Qwen3Model {
             } else {
                 None
             };
+            let ready = ex.event()?;
             segments.push(Segment {
                 k: Kernels::new(&ex, c, opts)?,
                 b: Buffers::new(&ex, c)?,
@@ -178,6 +181,7 @@ impl Qwen3Model {
                 embed_tokens,
                 head,
                 graph: None,
+                ready,
             });
         }
         for ex in executors {
@@ -331,8 +335,9 @@ impl Qwen3Model {
     fn share_step(&mut self) -> Result<()> {
         let last = self.last();
         let (others, tail) = self.segments.split_at_mut(last);
+        let src = &tail[0];
         for seg in others {
-            seg.ex.stream().memcpy_dtod(&tail[0].b.step, &mut seg.b.step)?;
+            seg.ex.copy_from(&mut seg.b.step, &src.ex, &src.b.step, &src.ready)?;
         }
         Ok(())
     }
@@ -346,8 +351,7 @@ fn pass_hidden(segments: &mut [Segment], i: usize) -> Result<()> {
     }
     let (before, after) = segments.split_at_mut(i);
     let (src, dst) = (&before[i - 1], &mut after[0]);
-    dst.ex.stream().memcpy_dtod(&src.b.hidden, &mut dst.b.hidden)?;
-    Ok(())
+    dst.ex.copy_from(&mut dst.b.hidden, &src.ex, &src.b.hidden, &src.ready)
 }
 
 impl Segment {
