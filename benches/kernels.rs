@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qwen3_rs::bench::{attention_case, gemv_cases, Case};
+use qwen3_rs::bench::{attention_case, attention_prefill_case, gemm_cases, gemv_cases, Case};
 use qwen3_rs::cuda::executor::{device_count, Executor};
 use qwen3_rs::cuda::kernel::KvDtype;
 
 fn run_case(c: &mut Criterion, ex: &Executor, copy_bw: f64, mut case: Case, summary: &mut Vec<String>) {
     let mut group = c.benchmark_group("kernels");
-    group.throughput(Throughput::Bytes(case.bytes as u64));
+    if case.flops == 0 {
+        group.throughput(Throughput::Bytes(case.bytes as u64));
+    }
     group.bench_function(case.name.clone(), |b| {
         b.iter_custom(|iters| {
             let secs = ex.time(iters as usize, || case.launch(ex)).expect("kernel launch failed");
@@ -18,15 +20,24 @@ fn run_case(c: &mut Criterion, ex: &Executor, copy_bw: f64, mut case: Case, summ
         })
     });
     group.finish();
-    if let Ok(secs) = ex.time(200, || case.launch(ex)) {
+    if let Ok(secs) = ex.time(50, || case.launch(ex)) {
         let bw = case.bytes as f64 / secs;
-        summary.push(format!(
-            "{:<34} {:>9.2} us {:>8.0} GB/s {:>6.1}% of copy",
-            case.name,
-            secs * 1e6,
-            bw / 1e9,
-            100.0 * bw / copy_bw
-        ));
+        summary.push(if case.flops > 0 {
+            format!(
+                "{:<34} {:>9.2} us {:>8.1} TFLOP/s",
+                case.name,
+                secs * 1e6,
+                case.flops as f64 / secs / 1e12
+            )
+        } else {
+            format!(
+                "{:<34} {:>9.2} us {:>8.0} GB/s {:>6.1}% of copy",
+                case.name,
+                secs * 1e6,
+                bw / 1e9,
+                100.0 * bw / copy_bw
+            )
+        });
     }
 }
 
@@ -58,6 +69,13 @@ fn kernels(c: &mut Criterion) {
                 &mut summary,
             );
         }
+    }
+    for case in gemm_cases(&ex, 2048).expect("GEMM cases") {
+        run_case(c, &ex, copy_bw, case, &mut summary);
+    }
+    for dtype in [KvDtype::Fp16, KvDtype::Q8] {
+        let case = attention_prefill_case(&ex, 2048, dtype).expect("prefill attention case");
+        run_case(c, &ex, copy_bw, case, &mut summary);
     }
     println!("\n{}", summary.join("\n"));
 }

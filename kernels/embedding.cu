@@ -1,12 +1,14 @@
-// Embedding gather: out[i] = embed_tokens[token, i], widened to fp32 (the residual stream's type).
+// Embedding gather: out[r][i] = embed_tokens[tokens[r], i], widened to fp32 (the residual stream's
+// type); row r = blockIdx.y. A decode step passes its step buffer, whose first entry is the token.
 // Defines: HIDDEN, VOCAB.
 
-extern "C" __global__ void embedding(const int* __restrict__ step,
+extern "C" __global__ void embedding(const int* __restrict__ tokens,
                                      const f16_t* __restrict__ table,
                                      float* __restrict__ out) {
     pdl_wait();
     pdl_trigger();
-    int token = step[STEP_TOKEN];
+    int token = tokens[blockIdx.y];
+    out += (long long)blockIdx.y * HIDDEN;
     // Ids are validated on the host; a bad id here still never reads out of bounds.
     if (token < 0 || token >= VOCAB) token = 0;
     const f16_t* row = table + (long long)token * HIDDEN;

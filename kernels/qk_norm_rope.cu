@@ -1,5 +1,6 @@
 // Per-head q_norm / k_norm, then NeoX (rotate-half) RoPE, then the KV-cache append, in one launch.
-// Input: the fused q|k|v projection, fp32 [(N_HEADS + 2*N_KV_HEADS) * HEAD_DIM].
+// Input: the fused q|k|v projection, fp32 [rows][(N_HEADS + 2*N_KV_HEADS) * HEAD_DIM]; row r =
+// blockIdx.y is the position step[STEP_POS] + r (a decode step has one row, a prompt chunk many).
 // Block b < N_HEADS: query head -> q_out (fp32). Next N_KV_HEADS blocks: key heads -> k_cache at
 // the step's position; last N_KV_HEADS: value heads (no norm, no RoPE) -> v_cache.
 // Cache layout: [N_KV_HEADS][max_seq][HEAD_DIM] in the cache's storage (kv_cache.cuh).
@@ -23,8 +24,10 @@ extern "C" __global__ void qk_norm_rope(const float* __restrict__ qkv,
     pdl_wait();
     pdl_trigger();
     const int head = blockIdx.x, i = threadIdx.x;
-    const int pos = step[STEP_POS];
+    const int pos = step[STEP_POS] + blockIdx.y;
     if (pos < 0 || pos >= max_seq) return;  // validated on the host; never write out of bounds
+    qkv += (long long)blockIdx.y * (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM;
+    q_out += (long long)blockIdx.y * N_HEADS * HEAD_DIM;
     const float v = qkv[head * HEAD_DIM + i];
     if (head >= N_HEADS + N_KV_HEADS) {
         const int kv = head - N_HEADS - N_KV_HEADS;

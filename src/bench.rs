@@ -5,7 +5,9 @@ use cudarc::driver::CudaSlice;
 
 use crate::cuda::executor::Executor;
 use crate::cuda::kernel::{Epilogue, KvDtype};
-use crate::cuda::launch::{Attention, AwqGemv, HalfGemv, HeadShape, STEP_LEN};
+use crate::cuda::launch::{
+    Attention, AttentionPrefill, AwqGemm, AwqGemv, HalfGemv, HeadShape, RowsF16, STEP_LEN,
+};
 use crate::error::Result;
 use crate::kv_cache::KvLayer;
 use crate::model::awq_linear::AwqLinear;
@@ -34,10 +36,12 @@ fn random_floats(n: usize, seed: u64) -> Vec<f32> {
 
 type Launch = Box<dyn FnMut(&Executor) -> Result<()>>;
 
-/// One launch to time, with the bytes it must move.
+/// One launch to time, with the bytes it must move (memory-bound kernels) or the floating-point
+/// operations it performs (compute-bound ones; 0 otherwise).
 pub struct Case {
     pub name: String,
     pub bytes: usize,
+    pub flops: usize,
     run: Launch,
 }
 
@@ -47,36 +51,51 @@ impl Case {
     }
 }
 
+const GROUP: usize = 128;
+
 /// The quantized projections of a Qwen3-8B layer as the engine runs them (q|k|v and gate|up
-/// fused), and the fp16 lm_head.
+/// fused): name, inputs, outputs, epilogue, fused input norm.
+const LAYER_LINEARS: [(&str, usize, usize, Epilogue, bool); 4] = [
+    ("qkv_proj 4096->6144 +norm", 4096, 6144, Epilogue::Store, true),
+    ("o_proj 4096->4096 +residual", 4096, 4096, Epilogue::AddTo, false),
+    ("gate_up_proj 4096->2x12288 +norm", 4096, 12288, Epilogue::SiluMul, true),
+    ("down_proj 12288->4096 +residual", 12288, 4096, Epilogue::AddTo, false),
+];
+
+/// A random stacked AWQ linear on the device in the engine's layout.
+fn random_linear(
+    ex: &Executor,
+    k: usize,
+    n: usize,
+    epilogue: Epilogue,
+    seed: u64,
+    name: &str,
+) -> Result<AwqLinear> {
+    let rows = if epilogue == Epilogue::SiluMul { 2 * n } else { n };
+    let mut w = AwqLinear::alloc(ex, k, rows, GROUP, name)?;
+    w.weight = ex.upload(&random_words(rows * k / 8, seed), name)?;
+    w.scales = ex.upload(&random_halves(rows * k / GROUP, seed + 1), name)?;
+    let zeros: Vec<u64> = random_words(rows / 16 * (k / GROUP) * 2, seed + 2)
+        .chunks_exact(2)
+        .map(|p| p[0] as u64 | (p[1] as u64) << 32)
+        .collect();
+    w.zeros = ex.upload(&zeros, name)?;
+    Ok(w)
+}
+
+/// The layer's projections and the fp16 lm_head as decode runs them (one token).
 pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
-    let shapes = [
-        ("qkv_proj 4096->6144 +norm", 4096, 6144, Epilogue::Store, true),
-        ("o_proj 4096->4096 +residual", 4096, 4096, Epilogue::AddTo, false),
-        ("gate_up_proj 4096->2x12288 +norm", 4096, 12288, Epilogue::SiluMul, true),
-        ("down_proj 12288->4096 +residual", 12288, 4096, Epilogue::AddTo, false),
-    ];
-    let group = 128;
     let mut cases = Vec::new();
-    for (i, (name, k, n, epilogue, norm)) in shapes.into_iter().enumerate() {
-        let rows = if epilogue == Epilogue::SiluMul { 2 * n } else { n };
-        let mut w = AwqLinear::alloc(ex, k, rows, group, name)?;
-        let seed = 1000 + i as u64;
-        w.weight = ex.upload(&random_words(rows * k / 8, seed), name)?;
-        w.scales = ex.upload(&random_halves(rows * k / group, seed + 1), name)?;
-        let zeros: Vec<u64> = random_words(rows / 16 * (k / group) * 2, seed + 2)
-            .chunks_exact(2)
-            .map(|p| p[0] as u64 | (p[1] as u64) << 32)
-            .collect();
-        w.zeros = ex.upload(&zeros, name)?;
-        let norm_weight = ex.upload(&random_halves(k, seed + 4), "norm")?;
-        let x = ex.upload(&random_floats(k, seed + 3), "x")?;
+    for (i, (name, k, n, epilogue, norm)) in LAYER_LINEARS.into_iter().enumerate() {
+        let w = random_linear(ex, k, n, epilogue, 1000 + i as u64, name)?;
+        let norm_weight = ex.upload(&random_halves(k, 1004 + i as u64), "norm")?;
+        let x = ex.upload(&random_floats(k, 1003 + i as u64), "x")?;
         let mut y: CudaSlice<f32> = ex.zeros(n, "y")?;
-        let gemv = AwqGemv::new(ex, k, n, group, epilogue, norm)?;
-        let bytes = AwqLinear::device_bytes(k, rows, group);
+        let gemv = AwqGemv::new(ex, k, n, GROUP, epilogue, norm)?;
         cases.push(Case {
             name: name.into(),
-            bytes,
+            bytes: AwqLinear::device_bytes(k, w.rows, GROUP),
+            flops: 0,
             run: Box::new(move |ex| {
                 gemv.launch(ex.stream(), &x, norm.then_some((&norm_weight, 1e-6)), &w, &mut y)
             }),
@@ -91,17 +110,16 @@ pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     cases.push(Case {
         name: "lm_head 4096->151936 fp16".into(),
         bytes: n * k * 2,
+        flops: 0,
         run: Box::new(move |ex| lm_head.launch(ex.stream(), &x, &w, &mut y)),
     });
     Ok(cases)
 }
 
-/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
-/// of `context` positions in `dtype`.
-pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<Case> {
-    let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
-    let mut cache = KvLayer::new(ex, shape, context, dtype)?;
-    let (values, scales) = KvLayer::lens(shape, context, dtype);
+/// A KV cache of `len` random positions in `dtype`.
+fn random_cache(ex: &Executor, shape: HeadShape, len: usize, dtype: KvDtype) -> Result<KvLayer> {
+    let mut cache = KvLayer::new(ex, shape, len, dtype)?;
+    let (values, scales) = KvLayer::lens(shape, len, dtype);
     let bytes_of = |seed| -> Vec<u8> {
         match dtype {
             KvDtype::Fp16 => {
@@ -116,6 +134,15 @@ pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<C
         cache.k_scale = ex.upload(&random_halves(scales, 13), "k scales")?;
         cache.v_scale = ex.upload(&random_halves(scales, 14), "v scales")?;
     }
+    Ok(cache)
+}
+
+/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
+/// of `context` positions in `dtype`.
+pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<Case> {
+    let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
+    let cache = random_cache(ex, shape, context, dtype)?;
+    let (values, scales) = KvLayer::lens(shape, context, dtype);
     let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 15), "q")?;
     let step = ex.upload(&[0i32, context as i32 - 1][..STEP_LEN], "step")?;
     let mut out: CudaSlice<f32> = ex.zeros(shape.n_heads * shape.head_dim, "out")?;
@@ -124,6 +151,57 @@ pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<C
     Ok(Case {
         name: format!("attention {dtype:?} KV, context {context}"),
         bytes: 2 * (values + 2 * scales),
+        flops: 0,
         run: Box::new(move |ex| attention.launch(ex.stream(), &q, &cache, &step, &mut out)),
+    })
+}
+
+/// The layer's projections as prompt processing runs them: `m` tokens through the tensor-core
+/// GEMM (the fp16 conversion of the input rows, `RowsF16`, is a separate case).
+pub fn gemm_cases(ex: &Executor, m: usize) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for (i, (name, k, n, epilogue, _)) in LAYER_LINEARS.into_iter().enumerate() {
+        let w = random_linear(ex, k, n, epilogue, 2000 + i as u64, name)?;
+        let x = ex.upload(&random_halves(m * k, 2003 + i as u64), "x")?;
+        let x_scale = ex.upload(&vec![1.0f32; m], "x scale")?;
+        let mut y: CudaSlice<f32> = ex.zeros(m * n, "y")?;
+        let gemm = AwqGemm::new(ex, k, n, GROUP, epilogue)?;
+        cases.push(Case {
+            name: format!("{} x{m}", name.split(' ').next().unwrap_or(name)),
+            bytes: AwqLinear::device_bytes(k, w.rows, GROUP) + m * k * 2 + m * n * 4,
+            flops: 2 * m * k * w.rows,
+            run: Box::new(move |ex| gemm.launch(ex.stream(), &x, &x_scale, m, &w, &mut y)),
+        });
+    }
+    let k = 12288;
+    let x = ex.upload(&random_floats(m * k, 2010), "x")?;
+    let (mut x16, mut x_scale): (CudaSlice<u16>, CudaSlice<f32>) =
+        (ex.zeros(m * k, "x16")?, ex.zeros(m, "scale")?);
+    let rows = RowsF16::new(ex, k, false)?;
+    cases.push(Case {
+        name: format!("rows_f16 12288 x{m}"),
+        bytes: m * k * 6,
+        flops: 0,
+        run: Box::new(move |ex| rows.launch(ex.stream(), &x, None, m, &mut x16, &mut x_scale)),
+    });
+    ex.synchronize()?;
+    Ok(cases)
+}
+
+/// Causal attention of a Qwen3-8B layer over an `m`-token prompt (fp16 cache): 4 m^2 h d / 2
+/// useful flops (q.k and p.v over the causal half).
+pub fn attention_prefill_case(ex: &Executor, m: usize, dtype: KvDtype) -> Result<Case> {
+    let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
+    let cache = random_cache(ex, shape, m, dtype)?;
+    let q = ex.upload(&random_floats(m * shape.n_heads * shape.head_dim, 27), "q")?;
+    let step = ex.upload(&[0i32, 0][..STEP_LEN], "step")?;
+    let mut out: CudaSlice<f32> = ex.zeros(m * shape.n_heads * shape.head_dim, "out")?;
+    let attention = AttentionPrefill::new(ex, shape, m, dtype)?;
+    ex.synchronize()?;
+    Ok(Case {
+        name: format!("attention_prefill {dtype:?} x{m}"),
+        bytes: 0,
+        flops: 2 * m * m * shape.n_heads * shape.head_dim,
+        run: Box::new(move |ex| attention.launch(ex.stream(), &q, &cache, &step, m, &mut out)),
     })
 }

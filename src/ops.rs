@@ -21,7 +21,7 @@ pub fn embedding(ex: &Executor, table: &[u16], vocab: usize, hidden: usize, toke
     })?;
     let (table, step) = (ex.upload(table, "table")?, step(ex, token, 0)?);
     let mut out = ex.zeros(hidden, "out")?;
-    launch::Embedding::new(ex, hidden, vocab)?.launch(ex.stream(), &step, &table, &mut out)?;
+    launch::Embedding::new(ex, hidden, vocab)?.launch(ex.stream(), &step, 1, &table, &mut out)?;
     ex.download(&out)
 }
 
@@ -33,20 +33,15 @@ pub fn rms_norm(ex: &Executor, x: &[f32], weight: &[u16], eps: f32) -> Result<Ve
     ex.download(&out)
 }
 
-/// y = x W (`Store`), residual + x W (`AddTo`), or silu(x W_0) * (x W_1) (`SiluMul`, two
-/// linears); with `norm` (weight, eps), x is RMS-normalized first.
-#[allow(clippy::too_many_arguments)]
-pub fn awq_gemv(
+/// The linears of an epilogue (two for `SiluMul`) stacked on the device as the engine stacks them.
+fn stacked(
     ex: &Executor,
-    x: &[f32],
     linears: &[AwqHost],
+    k: usize,
     n: usize,
     group: usize,
     epilogue: Epilogue,
-    residual: Option<&[f32]>,
-    norm: Option<(&[u16], f32)>,
-) -> Result<Vec<f32>> {
-    let k = x.len();
+) -> Result<AwqLinear> {
     let parts = if epilogue == Epilogue::SiluMul { 2 } else { 1 };
     ensure(linears.len() == parts, || {
         format!("{epilogue:?} takes {parts} linear(s), got {}", linears.len())
@@ -70,25 +65,88 @@ pub fn awq_gemv(
     }
     let stacking = if epilogue == Epilogue::SiluMul { Stacking::Interleave } else { Stacking::Concat };
     let w = AwqLinear::from_parts(ex, linears, k, group, stacking, "weight")?;
-    // The GEMV reads its weights before waiting on the previous kernel (PDL): finish the repack.
+    // The kernels read weights before waiting on the previous kernel (PDL): finish the repack.
     ex.synchronize()?;
-    let xd = ex.upload(x, "x")?;
-    let mut y = match residual {
+    Ok(w)
+}
+
+/// The output buffer of `rows` x `n`: the residual for `AddTo`, zeros otherwise.
+fn output(ex: &Executor, rows: usize, n: usize, residual: Option<&[f32]>) -> Result<CudaSlice<f32>> {
+    match residual {
         Some(r) => {
-            ensure(r.len() == n, || format!("residual has {} values, not {n}", r.len()))?;
-            ex.upload(r, "residual")?
+            ensure(r.len() == rows * n, || format!("residual has {} values, not {rows} x {n}", r.len()))?;
+            ex.upload(r, "residual")
         }
-        None => ex.zeros(n, "y")?,
-    };
-    let norm_dev = match norm {
-        Some((wn, eps)) => {
-            ensure(wn.len() == k, || format!("norm weight has {} values, not {k}", wn.len()))?;
-            Some((ex.upload(wn, "norm weight")?, eps))
-        }
-        None => None,
-    };
+        None => ex.zeros(rows * n, "y"),
+    }
+}
+
+fn norm_weight(
+    ex: &Executor,
+    norm: Option<(&[u16], f32)>,
+    k: usize,
+) -> Result<Option<(CudaSlice<u16>, f32)>> {
+    norm.map(|(w, eps)| {
+        ensure(w.len() == k, || format!("norm weight has {} values, not {k}", w.len()))?;
+        Ok((ex.upload(w, "norm weight")?, eps))
+    })
+    .transpose()
+}
+
+/// y = x W (`Store`), residual + x W (`AddTo`), or silu(x W_0) * (x W_1) (`SiluMul`, two
+/// linears); with `norm` (weight, eps), x is RMS-normalized first.
+#[allow(clippy::too_many_arguments)]
+pub fn awq_gemv(
+    ex: &Executor,
+    x: &[f32],
+    linears: &[AwqHost],
+    n: usize,
+    group: usize,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    norm: Option<(&[u16], f32)>,
+) -> Result<Vec<f32>> {
+    let k = x.len();
+    let w = stacked(ex, linears, k, n, group, epilogue)?;
+    let xd = ex.upload(x, "x")?;
+    let mut y = output(ex, 1, n, residual)?;
+    let norm_dev = norm_weight(ex, norm, k)?;
     let gemv = launch::AwqGemv::new(ex, k, n, group, epilogue, norm.is_some())?;
     gemv.launch(ex.stream(), &xd, norm_dev.as_ref().map(|(w, e)| (w, *e)), &w, &mut y)?;
+    ex.download(&y)
+}
+
+/// `awq_gemv` for `rows` rows of x ([rows][k]) at once, through the prompt path: rows to scaled
+/// fp16 (normalized with `norm`), then the tensor-core GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn awq_gemm(
+    ex: &Executor,
+    x: &[f32],
+    rows: usize,
+    linears: &[AwqHost],
+    n: usize,
+    group: usize,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    norm: Option<(&[u16], f32)>,
+) -> Result<Vec<f32>> {
+    ensure(rows > 0 && x.len().is_multiple_of(rows), || format!("{} values are not {rows} rows", x.len()))?;
+    let k = x.len() / rows;
+    let w = stacked(ex, linears, k, n, group, epilogue)?;
+    let xd = ex.upload(x, "x")?;
+    let mut y = output(ex, rows, n, residual)?;
+    let norm_dev = norm_weight(ex, norm, k)?;
+    let mut x16 = ex.zeros(rows * k, "x16")?;
+    let mut x_scale = ex.zeros(rows, "x_scale")?;
+    launch::RowsF16::new(ex, k, norm.is_some())?.launch(
+        ex.stream(),
+        &xd,
+        norm_dev.as_ref().map(|(w, e)| (w, *e)),
+        rows,
+        &mut x16,
+        &mut x_scale,
+    )?;
+    launch::AwqGemm::new(ex, k, n, group, epilogue)?.launch(ex.stream(), &x16, &x_scale, rows, &w, &mut y)?;
     ex.download(&y)
 }
 
@@ -154,6 +212,7 @@ pub fn qk_norm_rope(
         &qn,
         &kn,
         &step,
+        1,
         &mut q,
         &mut cache,
         max_seq,
@@ -180,10 +239,8 @@ pub fn qk_norm_rope(
     Ok((ex.download(&q)?, values(&cache.k, &cache.k_scale)?, values(&cache.v, &cache.v_scale)?))
 }
 
-/// One query (the last position) over a cache of `seq` positions.
-pub fn attention(ex: &Executor, q: &[f32], kv: &KvHost, shape: HeadShape) -> Result<Vec<f32>> {
-    check_heads(shape)?;
-    ensure(q.len() == shape.n_heads * shape.head_dim, || "q does not match the head shape".into())?;
+/// A host cache on the device, and the positions it holds.
+fn device_cache(ex: &Executor, kv: &KvHost, shape: HeadShape) -> Result<(KvLayer, usize)> {
     let row_bytes = shape.n_kv_heads * shape.head_dim * kv.dtype.value_bytes();
     ensure(!kv.k.is_empty() && kv.k.len().is_multiple_of(row_bytes) && kv.v.len() == kv.k.len(), || {
         "caches do not match the head shape".into()
@@ -200,10 +257,43 @@ pub fn attention(ex: &Executor, q: &[f32], kv: &KvHost, shape: HeadShape) -> Res
         cache.k_scale = ex.upload(kv.k_scale, "k scales")?;
         cache.v_scale = ex.upload(kv.v_scale, "v scales")?;
     }
+    Ok((cache, seq))
+}
+
+/// One query (the last position) over a cache of `seq` positions.
+pub fn attention(ex: &Executor, q: &[f32], kv: &KvHost, shape: HeadShape) -> Result<Vec<f32>> {
+    check_heads(shape)?;
+    ensure(q.len() == shape.n_heads * shape.head_dim, || "q does not match the head shape".into())?;
+    let (cache, seq) = device_cache(ex, kv, shape)?;
     let qd = ex.upload(q, "q")?;
     let step = step(ex, 0, seq as i32 - 1)?;
     let mut out = ex.zeros(q.len(), "out")?;
     launch::Attention::new(ex, shape, seq, kv.dtype)?.launch(ex.stream(), &qd, &cache, &step, &mut out)?;
+    ex.download(&out)
+}
+
+/// Causal attention of the last `rows` positions (queries q [rows][n_heads][head_dim]) over a cache
+/// holding all `seq` positions.
+pub fn attention_prefill(ex: &Executor, q: &[f32], kv: &KvHost, shape: HeadShape) -> Result<Vec<f32>> {
+    check_heads(shape)?;
+    ensure(launch::AttentionPrefill::supports(shape), || format!("no batched attention for {shape:?}"))?;
+    let row = shape.n_heads * shape.head_dim;
+    ensure(!q.is_empty() && q.len().is_multiple_of(row), || "q does not match the head shape".into())?;
+    let rows = q.len() / row;
+    let cache = device_cache(ex, kv, shape)?;
+    let seq = cache.1;
+    ensure(rows <= seq, || format!("{rows} queries but {seq} cached positions"))?;
+    let qd = ex.upload(q, "q")?;
+    let step = step(ex, 0, (seq - rows) as i32)?;
+    let mut out = ex.zeros(q.len(), "out")?;
+    launch::AttentionPrefill::new(ex, shape, seq, kv.dtype)?.launch(
+        ex.stream(),
+        &qd,
+        &cache.0,
+        &step,
+        rows,
+        &mut out,
+    )?;
     ex.download(&out)
 }
 

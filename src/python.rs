@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use numpy::prelude::*;
-use numpy::{Element, PyArray1, PyArray2, PyReadonlyArray1};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use numpy::{Element, PyArray1, PyArray2, PyArray3, PyReadonlyArray1};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -16,7 +16,7 @@ use crate::config::Qwen3Config;
 use crate::cuda::executor::{self, Executor};
 use crate::cuda::kernel::{Epilogue, KvDtype};
 use crate::cuda::launch::HeadShape;
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, DEFAULT_PREFILL_CHUNK};
 use crate::error::Error;
 use crate::ops;
 
@@ -95,7 +95,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (
         model_path, device = 0, max_seq_len = None, kv_cache_dtype = "fp16", cuda_graphs = true,
-        devices = None, layer_devices = None
+        devices = None, layer_devices = None, prefill_chunk = DEFAULT_PREFILL_CHUNK as i64
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -107,6 +107,7 @@ impl PyEngine {
         cuda_graphs: bool,
         devices: Option<Vec<i64>>,
         layer_devices: Option<Vec<i64>>,
+        prefill_chunk: i64,
     ) -> PyResult<Self> {
         let list = |name: &str, v: Vec<i64>| {
             v.into_iter().map(|d| non_negative(name, d)).collect::<PyResult<Vec<_>>>()
@@ -129,6 +130,7 @@ impl PyEngine {
             max_seq_len: max_seq_len.map(|n| non_negative("max_seq_len", n)).transpose()?,
             cuda_graphs,
             kv_cache_dtype: kv_dtype(py, kv_cache_dtype)?,
+            prefill_chunk: non_negative("prefill_chunk", prefill_chunk)?,
         };
         let engine = detached(py, || Engine::load(&model_path, &opts))?;
         let logger = py.import("logging")?.call_method1("getLogger", ("qwen3_rs",))?;
@@ -302,6 +304,21 @@ fn compile_kernels(
 }
 
 /// Device-to-device copy bandwidth of `device` in bytes/s (bytes read plus bytes written).
+/// Seconds per launch of the prompt-processing kernels at the Qwen3-8B shapes for `rows` tokens
+/// (random data): a list of (name, seconds, flops).
+#[pyfunction]
+#[pyo3(signature = (device = 0, rows = 2048))]
+fn time_prompt_kernels(py: Python<'_>, device: usize, rows: usize) -> PyResult<Vec<(String, f64, usize)>> {
+    detached(py, move || {
+        let ex = executor_for(device)?;
+        let mut cases = crate::bench::gemm_cases(&ex, rows)?;
+        for dtype in [KvDtype::Fp16, KvDtype::Q8] {
+            cases.push(crate::bench::attention_prefill_case(&ex, rows, dtype)?);
+        }
+        cases.into_iter().map(|mut c| Ok((c.name.clone(), ex.time(20, || c.launch(&ex))?, c.flops))).collect()
+    })
+}
+
 #[pyfunction]
 #[pyo3(signature = (device = 0, bytes = 1 << 30))]
 fn copy_bandwidth(py: Python<'_>, device: usize, bytes: usize) -> PyResult<f64> {
@@ -519,6 +536,42 @@ fn awq_gate_up<'py>(
     Ok(out(py, y))
 }
 
+/// The prompt path's GEMM on rows x [rows, k]: `linears` is one (qweight, qzeros, scales) tuple,
+/// or two (gate, up) for epilogue "silu_mul"; epilogue "add" adds to `residual` [rows, n].
+#[pyfunction]
+#[pyo3(signature = (x, linears, group_size, epilogue = "store", residual = None, device = 0, norm_weight = None, eps = 1e-6))]
+#[allow(clippy::too_many_arguments)]
+fn awq_gemm<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    linears: Vec<Bound<'py, PyTuple>>,
+    group_size: usize,
+    epilogue: &str,
+    residual: Option<&Bound<'py, PyAny>>,
+    device: usize,
+    norm_weight: Option<&Bound<'py, PyAny>>,
+    eps: f32,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let rows = shape(x)?.first().copied().unwrap_or(0);
+    let epilogue = match epilogue {
+        "store" => Epilogue::Store,
+        "add" => Epilogue::AddTo,
+        "silu_mul" => Epilogue::SiluMul,
+        other => return Err(PyValueError::new_err(format!("unknown epilogue {other:?}"))),
+    };
+    let x = f32s(x)?;
+    let ws = linears.iter().map(AwqArrays::from_tuple).collect::<PyResult<Vec<_>>>()?;
+    let r = residual.map(f32s).transpose()?;
+    let nw = norm_weight.map(f16s).transpose()?;
+    let n = ws.first().map_or(0, |w| w.n);
+    let y = detached(py, move || {
+        let hosts: Vec<_> = ws.iter().map(AwqArrays::host).collect();
+        let ex = executor_for(device)?;
+        ops::awq_gemm(&ex, &x, rows, &hosts, n, group_size, epilogue, r.as_deref(), norm(&nw, eps))
+    })?;
+    PyArray1::from_vec(py, y).reshape([rows, n])
+}
+
 #[pyfunction]
 #[pyo3(signature = (x, weight, device = 0))]
 fn half_gemv<'py>(
@@ -576,20 +629,72 @@ fn attention<'py>(
         return Err(PyTypeError::new_err("k_cache must be [n_kv_heads, seq, head_dim]"));
     }
     let sh = HeadShape { head_dim: s[2], n_heads, n_kv_heads: s[0] };
-    let q = f32s(q)?;
-    let (dtype, k, v, ks, vs) = match (k_scale, v_scale) {
-        (Some(ks), Some(vs)) => (KvDtype::Q8, i8s(k_cache)?, i8s(v_cache)?, f16s(ks)?, f16s(vs)?),
-        (None, None) => {
-            let bytes = |a: Vec<u16>| a.into_iter().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
-            (KvDtype::Fp16, bytes(f16s(k_cache)?), bytes(f16s(v_cache)?), Vec::new(), Vec::new())
-        }
-        _ => return Err(PyTypeError::new_err("give both k_scale and v_scale (int8 caches) or neither")),
-    };
-    let y = detached(py, move || {
-        let kv = ops::KvHost { dtype, k: &k, v: &v, k_scale: &ks, v_scale: &vs };
-        ops::attention(&*executor_for(device)?, &q, &kv, sh)
-    })?;
+    let (q, cache) = (f32s(q)?, HostCache::new(k_cache, v_cache, k_scale, v_scale)?);
+    let y = detached(py, move || ops::attention(&*executor_for(device)?, &q, &cache.host(), sh))?;
     Ok(out(py, y))
+}
+
+/// A KV cache from Python arrays: fp16, or int8 with scales.
+struct HostCache {
+    dtype: KvDtype,
+    k: Vec<u8>,
+    v: Vec<u8>,
+    k_scale: Vec<u16>,
+    v_scale: Vec<u16>,
+}
+
+impl HostCache {
+    fn new(
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        k_scale: Option<&Bound<'_, PyAny>>,
+        v_scale: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let (dtype, k, v, k_scale, v_scale) = match (k_scale, v_scale) {
+            (Some(ks), Some(vs)) => (KvDtype::Q8, i8s(k_cache)?, i8s(v_cache)?, f16s(ks)?, f16s(vs)?),
+            (None, None) => {
+                let bytes = |a: Vec<u16>| a.into_iter().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+                (KvDtype::Fp16, bytes(f16s(k_cache)?), bytes(f16s(v_cache)?), Vec::new(), Vec::new())
+            }
+            _ => return Err(PyTypeError::new_err("give both k_scale and v_scale (int8 caches) or neither")),
+        };
+        Ok(HostCache { dtype, k, v, k_scale, v_scale })
+    }
+
+    fn host(&self) -> ops::KvHost<'_> {
+        ops::KvHost {
+            dtype: self.dtype,
+            k: &self.k,
+            v: &self.v,
+            k_scale: &self.k_scale,
+            v_scale: &self.v_scale,
+        }
+    }
+}
+
+/// Causal attention of queries q [rows, n_heads, head_dim] at the last `rows` positions of the
+/// caches (fp16, or int8 with `k_scale` / `v_scale`), through the prompt path.
+#[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, device = 0, k_scale = None, v_scale = None))]
+fn attention_prefill<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    device: usize,
+    k_scale: Option<&Bound<'py, PyAny>>,
+    v_scale: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray3<f32>>> {
+    let (qs, s) = (shape(q)?, shape(k_cache)?);
+    if qs.len() != 3 || s.len() != 3 {
+        return Err(PyTypeError::new_err(
+            "q must be [rows, n_heads, head_dim], caches [n_kv_heads, seq, head_dim]",
+        ));
+    }
+    let sh = HeadShape { head_dim: s[2], n_heads: qs[1], n_kv_heads: s[0] };
+    let (q, cache) = (f32s(q)?, HostCache::new(k_cache, v_cache, k_scale, v_scale)?);
+    let y = detached(py, move || ops::attention_prefill(&*executor_for(device)?, &q, &cache.host(), sh))?;
+    PyArray1::from_vec(py, y).reshape([qs[0], qs[1], qs[2]])
 }
 
 /// int8 cache rows [rows, head_dim] with fp16 scales [rows, head_dim / block] back to fp32.
@@ -640,6 +745,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(copy_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_memory_info, m)?)?;
+    m.add_function(wrap_pyfunction!(time_prompt_kernels, m)?)?;
     let o = PyModule::new(m.py(), "ops")?;
     o.add_function(wrap_pyfunction!(embedding, &o)?)?;
     o.add_function(wrap_pyfunction!(rms_norm, &o)?)?;
@@ -649,6 +755,8 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     o.add_function(wrap_pyfunction!(half_gemv, &o)?)?;
     o.add_function(wrap_pyfunction!(qk_norm_rope, &o)?)?;
     o.add_function(wrap_pyfunction!(attention, &o)?)?;
+    o.add_function(wrap_pyfunction!(awq_gemm, &o)?)?;
+    o.add_function(wrap_pyfunction!(attention_prefill, &o)?)?;
     o.add_function(wrap_pyfunction!(argmax, &o)?)?;
     o.add_function(wrap_pyfunction!(kv_dequant, &o)?)?;
     o.add_function(wrap_pyfunction!(panic_in_core, &o)?)?;

@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     bench.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
     bench.add_argument("--peers", action="store_true", help="also time the GEMV shapes through torch")
     bench.add_argument("--multi-gpu", action="store_true", help="compare one GPU with a split over two (context 128)")
+    bench.add_argument(
+        "--prefill", action="store_true", help="time to first token for 128..8192-token prompts instead of decode"
+    )
     args = parser.parse_args(argv)
 
     from . import bench as b
@@ -32,10 +35,13 @@ def main(argv=None) -> int:
         if not os.path.exists(os.path.join(model, "config.json")):
             size = b.write_random_checkpoint(model)
             print(f"wrote a random Qwen3-8B-AWQ-shaped checkpoint to {model}: {size / 1e9:.2f} GB")
-    if args.multi_gpu:
+    if args.multi_gpu or args.prefill:
         if model is None:
-            parser.error("--multi-gpu needs --model or --random-model-dir")
-        b.multi_gpu(model)
+            parser.error("--multi-gpu and --prefill need --model or --random-model-dir")
+        if args.multi_gpu:
+            b.multi_gpu(model)
+        else:
+            b.prefill(model, device=args.device, kv_cache_dtype=args.kv_cache_dtype)
         return 0
     b.run(
         model,

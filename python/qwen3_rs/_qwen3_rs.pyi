@@ -26,12 +26,15 @@ class Qwen3Engine:
         cuda_graphs: bool = True,
         devices: Sequence[int] | None = None,
         layer_devices: Sequence[int] | None = None,
+        prefill_chunk: int = 1024,
     ) -> None:
         """Loads `model_path` onto GPU `device`, or over `devices` (layers in contiguous ranges
         balanced by free memory), or as `layer_devices` says (one device per layer).
         `max_seq_len` (default: the config's max_position_embeddings) sizes the KV cache, allocated
         once; `kv_cache_dtype` is "fp16" or "q8" (int8 with an fp16 scale per 64 values, 51.6% of
-        the fp16 bytes); `cuda_graphs` replays each decode step from captured CUDA graphs."""
+        the fp16 bytes); `cuda_graphs` replays each decode step from captured CUDA graphs.
+        Prompts run through batched tensor-core kernels `prefill_chunk` positions at a time (which
+        bounds their activation memory); 0 processes them one position at a time."""
     def generate(self, ids: TokenIds, max_new_tokens: int = 20, ignore_eos: bool = False) -> list[int]:
         """Greedy continuation of `ids` from a fresh sequence; returns the new token ids only.
 
@@ -78,6 +81,9 @@ def compile_kernels(
 
 def cuda_memory_info(device: int = 0) -> tuple[int, int]:
     """(free, total) bytes of GPU memory."""
+
+def time_prompt_kernels(device: int = 0, rows: int = 2048) -> list[tuple[str, float, int]]:
+    """(kernel, seconds per launch, flops) of the prompt kernels at Qwen3-8B shapes for `rows` tokens."""
 
 def nvrtc_version() -> tuple[int, int]:
     """The NVRTC version in use."""

@@ -189,6 +189,69 @@ def run(
             tmp.cleanup()
 
 
+def torch_bf16_peak(device: int = 0, n: int = 8192) -> float | None:
+    """bf16 tensor-core throughput (FLOP/s) of a cuBLAS n x n x n GEMM through torch, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device("cuda", device)
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * 20 / (start.elapsed_time(end) / 1e3)
+
+
+def prefill(
+    model: str, lengths=(128, 512, 2048, 8192), device: int = 0, kv_cache_dtype: str = "fp16", log=print
+) -> dict:
+    """Time to first token and prompt tokens/s for prompts of `lengths` (generate with one new
+    token), and the prompt kernels' TFLOP/s at 2048 tokens against a cuBLAS bf16 GEMM measured in
+    the same run."""
+    from . import Qwen3Engine
+    from ._qwen3_rs import time_prompt_kernels
+
+    peak = torch_bf16_peak(device)
+    if peak:
+        log(f"cuBLAS bf16 GEMM (torch, 8192^3): {peak / 1e12:.0f} TFLOP/s")
+    kernels = []
+    for name, secs, flops in time_prompt_kernels(device, 2048):
+        row = {"kernel": name, "us": secs * 1e6}
+        msg = f"{name:<34} {secs * 1e6:9.1f} us"
+        if flops:
+            row["tflops"] = flops / secs / 1e12
+            msg += f" {row['tflops']:7.1f} TFLOP/s"
+            if peak:
+                msg += f" ({100 * flops / secs / peak:5.1f}% of cuBLAS bf16)"
+        kernels.append(row)
+        log(msg)
+    engine = Qwen3Engine(model, device=device, max_seq_len=max(lengths) + 2, kv_cache_dtype=kv_cache_dtype)
+    vocab = engine.config["vocab_size"]
+    rows = []
+    log(f"{'prompt':>8} {'TTFT ms':>9} {'prompt tok/s':>13}")
+    for n in lengths:
+        ids = [int(i) for i in np.random.default_rng(n).integers(0, vocab, n)]
+        engine.generate(ids, max_new_tokens=1)  # warm-up
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            engine.generate(ids, max_new_tokens=1)
+            times.append(time.perf_counter() - t)
+        secs = sorted(times)[1]
+        rows.append({"prompt": n, "ttft_ms": secs * 1e3, "tok_per_s": n / secs})
+        log(f"{n:>8} {secs * 1e3:>9.1f} {n / secs:>13.0f}")
+    return {"bf16_peak": peak, "kernels": kernels, "rows": rows}
+
+
 def multi_gpu(model: str, devices=(0, 1), context: int = 128, steps: int = 64, log=print) -> dict:
     """Decode tok/s of one model on one GPU, split over `devices` in contiguous ranges, and with
     layers alternating between the first two devices (a boundary after every layer), which gives

@@ -124,6 +124,25 @@ pub enum KernelType {
     Argmax {
         n: u32,
     },
+    /// Activation rows to power-of-two-scaled fp16 for `AwqGemm`, optionally RMS-normalized.
+    RowsF16 {
+        k: u32,
+        norm: bool,
+    },
+    /// The W4A16 GEMM of prompt processing (many tokens at once) over the `AwqGemv` weight layout.
+    AwqGemm {
+        k: u32,
+        n: u32,
+        group: u32,
+        epilogue: Epilogue,
+    },
+    /// Causal attention of a run of prompt positions over the KV cache.
+    AttentionPrefill {
+        head_dim: u32,
+        n_heads: u32,
+        n_kv_heads: u32,
+        kv: KvDtype,
+    },
 }
 
 impl KernelType {
@@ -139,6 +158,9 @@ impl KernelType {
             KernelType::Attention { .. } => include_str!("../../kernels/attention.cu"),
             KernelType::Argmax { .. } => include_str!("../../kernels/argmax.cu"),
             KernelType::KvDequant { .. } => include_str!("../../kernels/kv_dequant.cu"),
+            KernelType::RowsF16 { .. } => include_str!("../../kernels/rows_f16.cu"),
+            KernelType::AwqGemm { .. } => include_str!("../../kernels/awq_gemm.cu"),
+            KernelType::AttentionPrefill { .. } => include_str!("../../kernels/attention_prefill.cu"),
         }
     }
 
@@ -154,6 +176,9 @@ impl KernelType {
             KernelType::Attention { .. } => &["attention_partial", "attention_combine"],
             KernelType::Argmax { .. } => &["argmax"],
             KernelType::KvDequant { .. } => &["kv_dequant"],
+            KernelType::RowsF16 { .. } => &["rows_f16"],
+            KernelType::AwqGemm { .. } => &["awq_gemm"],
+            KernelType::AttentionPrefill { .. } => &["attention_prefill"],
         }
     }
 
@@ -198,6 +223,15 @@ impl KernelType {
                 d
             }
             KernelType::Argmax { n } => vec![("N", n)],
+            KernelType::RowsF16 { k, norm } => vec![("K", k), ("NORM", norm as u32)],
+            KernelType::AwqGemm { k, n, group, epilogue } => {
+                vec![("K", k), ("N", n), ("GROUP", group), ("MODE", epilogue as u32)]
+            }
+            KernelType::AttentionPrefill { head_dim, n_heads, n_kv_heads, kv } => {
+                let mut d = vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)];
+                d.extend(kv_defines(kv, head_dim));
+                d
+            }
         }
     }
 
@@ -211,7 +245,10 @@ impl KernelType {
         src.push('\n');
         if matches!(
             self,
-            KernelType::QkNormRope { .. } | KernelType::Attention { .. } | KernelType::KvDequant { .. }
+            KernelType::QkNormRope { .. }
+                | KernelType::Attention { .. }
+                | KernelType::KvDequant { .. }
+                | KernelType::AttentionPrefill { .. }
         ) {
             src.push_str(KV_CACHE);
             src.push('\n');
@@ -237,11 +274,17 @@ impl fmt::Display for KernelType {
                 _ => write!(f, "-{}{value}", name.to_lowercase())?,
             }
         }
-        if let KernelType::AwqGemv { epilogue, norm, .. } = self {
+        let (epilogue, norm) = match *self {
+            KernelType::AwqGemv { epilogue, norm, .. } => (Some(epilogue), norm),
+            KernelType::AwqGemm { epilogue, .. } => (Some(epilogue), false),
+            KernelType::RowsF16 { norm, .. } => (None, norm),
+            _ => (None, false),
+        };
+        if let Some(epilogue) = epilogue {
             write!(f, "-{}", format!("{epilogue:?}").to_lowercase())?;
-            if *norm {
-                write!(f, "-norm")?;
-            }
+        }
+        if norm {
+            write!(f, "-norm")?;
         }
         Ok(())
     }

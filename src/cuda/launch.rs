@@ -102,22 +102,27 @@ impl Embedding {
         Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "embedding")?, hidden, vocab })
     }
 
+    /// out[r] = table[tokens[r]] for r < rows (a decode step passes its step buffer and 1 row).
     pub fn launch(
         &self,
         s: &CudaStream,
-        step: &CudaSlice<i32>,
+        tokens: &CudaSlice<i32>,
+        rows: usize,
         table: &CudaSlice<u16>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check(
-            step.len() >= STEP_LEN && table.len() == self.vocab * self.hidden && out.len() >= self.hidden,
+            rows >= 1
+                && tokens.len() >= rows
+                && table.len() == self.vocab * self.hidden
+                && out.len() >= rows * self.hidden,
             &self.ty,
-            || format!("step {}, table {}, out {}", step.len(), table.len(), out.len()),
+            || format!("{rows} rows, tokens {}, table {}, out {}", tokens.len(), table.len(), out.len()),
         )?;
-        let c = cfg((self.hidden.div_ceil(256) as u32, 1), 256);
-        // SAFETY: reads step[0] and one table row (the id is clamped to [0, VOCAB) in the kernel),
-        // writes out[0..HIDDEN); all lengths checked above.
-        unsafe { Args::new().buf(s, step).buf(s, table).buf_mut(s, out).launch(s, &self.f, c, self.pdl) }
+        let c = cfg((self.hidden.div_ceil(256) as u32, rows as u32), 256);
+        // SAFETY: reads tokens[0..rows) and one table row each (ids are clamped to [0, VOCAB) in
+        // the kernel), writes out[0..rows*HIDDEN); all lengths checked above.
+        unsafe { Args::new().buf(s, tokens).buf(s, table).buf_mut(s, out).launch(s, &self.f, c, self.pdl) }
     }
 }
 
@@ -394,6 +399,7 @@ impl QkNormRope {
         q_norm: &CudaSlice<u16>,
         k_norm: &CudaSlice<u16>,
         step: &CudaSlice<i32>,
+        rows: usize,
         q: &mut CudaSlice<f32>,
         cache: &mut KvLayer,
         max_seq: usize,
@@ -402,11 +408,12 @@ impl QkNormRope {
     ) -> Result<()> {
         let sh = self.shape;
         check(
-            qkv.len() >= sh.qkv_len()
+            rows >= 1
+                && qkv.len() >= rows * sh.qkv_len()
                 && q_norm.len() == sh.head_dim
                 && k_norm.len() == sh.head_dim
                 && step.len() >= STEP_LEN
-                && q.len() >= sh.n_heads * sh.head_dim
+                && q.len() >= rows * sh.n_heads * sh.head_dim
                 && cache.fits(sh, max_seq, self.kv),
             &self.ty,
             || {
@@ -418,11 +425,12 @@ impl QkNormRope {
                 )
             },
         )?;
-        let c = cfg(((sh.n_heads + 2 * sh.n_kv_heads) as u32, 1), sh.head_dim as u32);
+        let c = cfg(((sh.n_heads + 2 * sh.n_kv_heads) as u32, rows as u32), sh.head_dim as u32);
         let max_seq = max_seq as i32;
-        // SAFETY: reads qkv, the two norm weights and step[1] (the kernel returns when the
-        // position is outside [0, max_seq)); writes q and one position of each cache (and its
-        // scales), whose sizes match max_seq and the dtype as checked above.
+        // SAFETY: reads `rows` rows of qkv, the two norm weights and step[1] (a block returns when
+        // its position step[1] + row is outside [0, max_seq)); writes `rows` rows of q and those
+        // positions of each cache (and its scales), whose sizes match max_seq and the dtype as
+        // checked above.
         unsafe {
             Args::new()
                 .buf(s, qkv)
@@ -618,6 +626,210 @@ impl KvDequant {
                 cfg((blocks, 1), 256),
                 self.pdl,
             )
+        }
+    }
+}
+
+/// Activation rows to scaled fp16 for `AwqGemm` (kernels/rows_f16.cu), optionally RMS-normalized.
+pub struct RowsF16 {
+    ty: KernelType,
+    pdl: bool,
+    f: CudaFunction,
+    k: usize,
+    norm: bool,
+}
+
+impl RowsF16 {
+    pub fn new(ex: &Executor, k: usize, norm: bool) -> Result<Self> {
+        let ty = KernelType::RowsF16 { k: k as u32, norm };
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "rows_f16")?, k, norm })
+    }
+
+    /// out[r] = fp16(x[r] (normalized) * 2^-e_r), row_scale[r] = 2^e_r, for r < rows.
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        norm: Option<(&CudaSlice<u16>, f32)>,
+        rows: usize,
+        out: &mut CudaSlice<u16>,
+        row_scale: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check(
+            rows >= 1
+                && x.len() >= rows * self.k
+                && out.len() >= rows * self.k
+                && row_scale.len() >= rows
+                && norm.is_some() == self.norm
+                && norm.is_none_or(|(w, _)| w.len() == self.k),
+            &self.ty,
+            || format!("{rows} rows, x {}, out {}, row_scale {}", x.len(), out.len(), row_scale.len()),
+        )?;
+        // Without NORM the kernel never reads the norm weight; any device pointer stands in.
+        let (args, eps) = match norm {
+            Some((w, eps)) => (Args::new().buf(s, x).buf(s, w), eps),
+            None => (Args::new().buf(s, x).buf(s, x), 0.0),
+        };
+        // SAFETY: block r reads x[r*K..(r+1)*K) (and norm_weight[0..K) with NORM), writes the same
+        // range of out and row_scale[r], r < rows; lengths checked above.
+        unsafe {
+            args.float(eps).buf_mut(s, out).buf_mut(s, row_scale).launch(
+                s,
+                &self.f,
+                cfg((rows as u32, 1), 256),
+                self.pdl,
+            )
+        }
+    }
+}
+
+/// The tensor-core W4A16 GEMM of prompt processing (kernels/awq_gemm.cu).
+pub struct AwqGemm {
+    ty: KernelType,
+    pdl: bool,
+    f: CudaFunction,
+    k: usize,
+    n: usize,
+    group: usize,
+    epilogue: Epilogue,
+}
+
+impl AwqGemm {
+    /// Shared memory: 3 pipeline stages of 4 KiB of weight fragments and a 128-token x 64-input
+    /// fp16 tile with a pitch of 80 halves.
+    const SHARED_BYTES: usize = 3 * (8 * 32 * 16 + 128 * 80 * 2);
+
+    pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
+        let ty = KernelType::AwqGemm { k: k as u32, n: n as u32, group: group as u32, epilogue };
+        let f = ex.function(ty, "awq_gemm")?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            Self::SHARED_BYTES as i32,
+        )?;
+        Ok(Self { ty, pdl: ex.pdl(), f, k, n, group, epilogue })
+    }
+
+    /// y[r] = W x[r], y[r] += W x[r], or y[r] = silu(W_gate x[r]) * (W_up x[r]) by the epilogue,
+    /// for the `rows` scaled fp16 rows of `x` (from `RowsF16`).
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<u16>,
+        x_scale: &CudaSlice<f32>,
+        rows: usize,
+        w: &AwqLinear,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let w_rows = if self.epilogue == Epilogue::SiluMul { 2 * self.n } else { self.n };
+        check(
+            rows >= 1
+                && x.len() >= rows * self.k
+                && x_scale.len() >= rows
+                && w.k == self.k
+                && w.group == self.group
+                && w.rows == w_rows
+                && y.len() >= rows * self.n,
+            &self.ty,
+            || format!("{rows} rows, x {}, weight {}x{}, y {}", x.len(), w.rows, w.k, y.len()),
+        )?;
+        let mut c = cfg(((w_rows / 16).div_ceil(8) as u32, rows.div_ceil(128) as u32), 256);
+        c.shared_mem_bytes = Self::SHARED_BYTES as u32;
+        let rows = rows as i32;
+        // SAFETY: reads x[0..rows*K), x_scale[0..rows) and the tiles of w below its row count
+        // (tiles past the end and rows past `rows` are zero-filled, never read); writes (or adds
+        // to) y[0..rows*N); lengths checked above; x and y are distinct buffers.
+        unsafe {
+            Args::new()
+                .buf(s, x)
+                .buf(s, x_scale)
+                .buf(s, &w.weight)
+                .buf(s, &w.scales)
+                .buf(s, &w.zeros)
+                .buf_mut(s, y)
+                .int(rows)
+                .launch(s, &self.f, c, self.pdl)
+        }
+    }
+}
+
+/// Causal attention of a run of prompt positions (kernels/attention_prefill.cu).
+pub struct AttentionPrefill {
+    ty: KernelType,
+    pdl: bool,
+    f: CudaFunction,
+    shape: HeadShape,
+    kv: KvDtype,
+    max_seq: usize,
+}
+
+impl AttentionPrefill {
+    pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
+        KernelType::AttentionPrefill {
+            head_dim: shape.head_dim as u32,
+            n_heads: shape.n_heads as u32,
+            n_kv_heads: shape.n_kv_heads as u32,
+            kv,
+        }
+    }
+
+    /// Whether the kernel handles `shape` (its registers hold a 16 x head_dim output tile).
+    pub fn supports(shape: HeadShape) -> bool {
+        shape.head_dim <= 128 && shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads)
+    }
+
+    pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
+        let ty = Self::kernel_type(shape, kv);
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "attention_prefill")?, shape, kv, max_seq })
+    }
+
+    /// Query positions per block (kernels/attention_prefill.cu QT) and warps per block.
+    fn geometry(&self) -> (usize, usize) {
+        let gqa = self.shape.n_heads / self.shape.n_kv_heads;
+        let qw = if gqa >= 4 { 1 } else { 4 / gqa };
+        (16 * qw, gqa * qw)
+    }
+
+    /// out[r] = attention of q[r] (position step[1] + r) over cache positions [0, step[1] + r].
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        q: &CudaSlice<f32>,
+        cache: &KvLayer,
+        step: &CudaSlice<i32>,
+        rows: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let sh = self.shape;
+        let q_len = rows * sh.n_heads * sh.head_dim;
+        check(
+            Self::supports(sh)
+                && rows >= 1
+                && q.len() >= q_len
+                && out.len() >= q_len
+                && step.len() >= STEP_LEN
+                && cache.fits(sh, self.max_seq, self.kv),
+            &self.ty,
+            || format!("{rows} rows, q {}, out {}, cache of {} bytes", q.len(), out.len(), cache.k.len()),
+        )?;
+        let (qt, warps) = self.geometry();
+        let c = cfg((rows.div_ceil(qt) as u32, sh.n_kv_heads as u32), 32 * warps as u32);
+        let q_scale = (sh.head_dim as f32).powf(-0.5) * std::f32::consts::LOG2_E;
+        // SAFETY: reads rows of q below `rows`, step[1], and cache rows below
+        // min(step[1] + rows, max_seq) (the caches hold max_seq rows, checked above); writes
+        // out[0..rows*N_HEADS*HEAD_DIM).
+        unsafe {
+            Args::new()
+                .buf(s, q)
+                .buf(s, &cache.k)
+                .buf(s, &cache.v)
+                .buf(s, &cache.k_scale)
+                .buf(s, &cache.v_scale)
+                .buf(s, step)
+                .buf_mut(s, out)
+                .int(rows as i32)
+                .int(self.max_seq as i32)
+                .float(q_scale)
+                .launch(s, &self.f, c, self.pdl)
         }
     }
 }

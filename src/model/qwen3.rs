@@ -15,7 +15,8 @@ use crate::config::Qwen3Config;
 use crate::cuda::executor::Executor;
 use crate::cuda::kernel::{Epilogue, KernelType, KvDtype};
 use crate::cuda::launch::{
-    Argmax, Attention, AwqGemv, Embedding, HalfGemv, HeadShape, KvDequant, QkNormRope, RmsNorm, STEP_LEN,
+    Argmax, Attention, AttentionPrefill, AwqGemm, AwqGemv, Embedding, HalfGemv, HeadShape, KvDequant,
+    QkNormRope, RmsNorm, RowsF16, STEP_LEN,
 };
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -64,6 +65,44 @@ struct Buffers {
     logits: CudaSlice<f32>,
 }
 
+/// The kernels of prompt processing: many positions per launch.
+struct PrefillKernels {
+    input_rows: RowsF16,
+    attn_rows: RowsF16,
+    mlp_rows: RowsF16,
+    qkv_proj: AwqGemm,
+    attention: AttentionPrefill,
+    o_proj: AwqGemm,
+    gate_up_proj: AwqGemm,
+    down_proj: AwqGemm,
+}
+
+/// Activations of one prompt chunk (`chunk` rows each), fp32 but for the GEMMs' fp16 inputs.
+struct PrefillBuffers {
+    tokens: CudaSlice<i32>,
+    hidden: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    mlp_act: CudaSlice<f32>,
+    /// A GEMM's input rows as scaled fp16, and each row's scale.
+    x16: CudaSlice<u16>,
+    x_scale: CudaSlice<f32>,
+}
+
+struct Prefill {
+    k: PrefillKernels,
+    b: PrefillBuffers,
+}
+
+/// Which logits a prompt pass computes.
+pub enum PromptLogits<'a> {
+    /// Those of the last position, left on the device for sampling.
+    Last,
+    /// Every position's, appended to the vector (row-major [positions][vocab]).
+    All(&'a mut Vec<f32>),
+}
+
 /// The final norm and the lm_head; None when tied to embeddings on the same device.
 struct Head {
     norm: CudaSlice<u16>,
@@ -78,6 +117,9 @@ pub struct ModelOptions {
     /// Replay each decode step from CUDA graphs.
     pub cuda_graphs: bool,
     pub kv_dtype: KvDtype,
+    /// Prompt positions per batched pass (bounds the prefill activations); 0 processes prompts
+    /// token by token.
+    pub prefill_chunk: usize,
 }
 
 /// A captured launch sequence.
@@ -98,6 +140,8 @@ struct Segment {
     embed_tokens: Option<CudaSlice<u16>>,
     /// On the last segment.
     head: Option<Head>,
+    /// Batched prompt processing; None where the shapes need the token-by-token path.
+    prefill: Option<Prefill>,
     /// The decode step of this segment (with sampling on the last one), captured on first use.
     graph: Option<Graph>,
     /// Recorded after this segment's work when another device reads its output.
@@ -111,6 +155,7 @@ pub struct Qwen3Model {
     max_seq: usize,
     kv_dtype: KvDtype,
     use_graph: bool,
+    prefill_chunk: usize,
 }
 
 impl Qwen3Model {
@@ -127,13 +172,20 @@ impl Qwen3Model {
         // A tied lm_head shares the embeddings only when both sit on one device.
         let head = if c.tie_word_embeddings && !multi_device { 0 } else { table };
         // Activations, logits and attention scratch: generously, per device.
-        let scratch = c.vocab_size * 4 + (64 << 20);
+        let scratch = c.vocab_size * 4 + (64 << 20) + Self::prefill_bytes(c, opts.prefill_chunk);
         ModelBytes {
             layer: weights + kv,
             n_layers: c.num_hidden_layers,
             embed: table + scratch,
             head: head + scratch,
         }
+    }
+
+    /// Device bytes of one segment's prompt-chunk activations.
+    fn prefill_bytes(c: &Qwen3Config, chunk: usize) -> usize {
+        let (h, i, q) = (c.hidden_size, c.intermediate_size, c.q_dim());
+        let widest = h.max(i).max(q);
+        chunk * (4 + 4 * (h + q + 2 * c.kv_dim() + 2 * q + i) + 2 * widest + 4)
     }
 
     /// Uploads a validated checkpoint onto the devices of `placement` (`executors[i]` runs device
@@ -171,9 +223,15 @@ impl Qwen3Model {
                 None
             };
             let ready = ex.event()?;
+            let prefill = if opts.prefill_chunk > 0 && AttentionPrefill::supports(head_shape(c)) {
+                Some(Prefill { k: PrefillKernels::new(&ex, c, opts)?, b: PrefillBuffers::new(&ex, c, opts)? })
+            } else {
+                None
+            };
             segments.push(Segment {
                 k: Kernels::new(&ex, c, opts)?,
                 b: Buffers::new(&ex, c)?,
+                prefill,
                 kv: KvCache::new(&ex, head_shape(c), count, opts.max_seq, opts.kv_dtype)?,
                 ex,
                 first_layer,
@@ -194,6 +252,7 @@ impl Qwen3Model {
             max_seq: opts.max_seq,
             kv_dtype: opts.kv_dtype,
             use_graph: opts.cuda_graphs,
+            prefill_chunk: opts.prefill_chunk,
         })
     }
 
@@ -215,8 +274,12 @@ impl Qwen3Model {
         devices.dedup();
         devices.sort_unstable();
         devices.dedup();
-        let opts =
-            ModelOptions { max_seq: self.max_seq, cuda_graphs: self.use_graph, kv_dtype: self.kv_dtype };
+        let opts = ModelOptions {
+            max_seq: self.max_seq,
+            cuda_graphs: self.use_graph,
+            kv_dtype: self.kv_dtype,
+            prefill_chunk: self.prefill_chunk,
+        };
         let bytes = Self::bytes(&self.config, &opts, devices.len() > 1);
         devices.iter().copied().zip(self.placement.bytes(&devices, &bytes)).collect()
     }
@@ -288,6 +351,69 @@ impl Qwen3Model {
         Ok(())
     }
 
+    /// Runs the prompt `ids` at positions `pos0..`, appending their K/V, in batched chunks (or token
+    /// by token where the model has no batched path), and computes the logits `which` asks for.
+    /// Afterwards the step holds the last token and position, as after `step`, ready for sampling.
+    pub fn prompt(&mut self, ids: &[u32], pos0: usize, which: PromptLogits) -> Result<()> {
+        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
+        if ids.is_empty() || pos0 + ids.len() > self.max_seq || ids.iter().any(|&t| t as usize >= vocab) {
+            return Err(Error::Internal(format!("prompt of {} at {pos0} escaped validation", ids.len())));
+        }
+        let last = self.last();
+        let mut all = match which {
+            PromptLogits::All(v) => Some(v),
+            PromptLogits::Last => None,
+        };
+        if self.segments.iter().any(|s| s.prefill.is_none()) {
+            for (i, &t) in ids.iter().enumerate() {
+                self.step(t, pos0 + i, all.is_some() || i + 1 == ids.len())?;
+                if let Some(v) = all.as_deref_mut() {
+                    v.extend(self.logits()?);
+                }
+            }
+            return Ok(());
+        }
+        for (c, chunk) in ids.chunks(self.prefill_chunk).enumerate() {
+            let start = pos0 + c * self.prefill_chunk;
+            let tokens: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
+            for (i, seg) in self.segments.iter_mut().enumerate() {
+                seg.ex.stream().memcpy_htod(&[0, start as i32], &mut seg.b.step)?;
+                if i == 0 {
+                    if let Some(p) = seg.prefill.as_mut() {
+                        seg.ex.stream().memcpy_htod(&tokens, &mut p.b.tokens)?;
+                    }
+                }
+            }
+            for i in 0..self.segments.len() {
+                pass_prompt_hidden(&mut self.segments, i)?;
+                self.segments[i].prefill_chunk(&self.config, chunk.len())?;
+            }
+            // The head runs one row at a time through the decode buffers.
+            let n = chunk.len();
+            let rows = match (&all, start + n == pos0 + ids.len()) {
+                (Some(_), _) => 0..n,
+                (None, true) => n - 1..n,
+                (None, false) => 0..0,
+            };
+            for r in rows {
+                let seg = &mut self.segments[last];
+                if let Some(p) = seg.prefill.as_ref() {
+                    let row = p.b.hidden.slice(r * h..(r + 1) * h);
+                    seg.ex.stream().memcpy_dtod(&row, &mut seg.b.hidden)?;
+                }
+                seg.head(&self.config, false)?;
+                if let Some(v) = all.as_deref_mut() {
+                    v.extend(self.logits()?);
+                }
+            }
+        }
+        let (t, p) = (ids[ids.len() - 1] as i32, (pos0 + ids.len() - 1) as i32);
+        for seg in &mut self.segments {
+            seg.ex.stream().memcpy_htod(&[t, p], &mut seg.b.step)?;
+        }
+        Ok(())
+    }
+
     /// Greedy sampling on the device: the step's token becomes the argmax of the last logits and
     /// its position advances by one, ready for `decode_greedy`.
     pub fn sample_greedy(&mut self) -> Result<()> {
@@ -343,6 +469,19 @@ impl Qwen3Model {
     }
 }
 
+/// Copies segment i-1's prompt-chunk hidden states into segment i, like `pass_hidden`.
+fn pass_prompt_hidden(segments: &mut [Segment], i: usize) -> Result<()> {
+    if i == 0 {
+        return Ok(());
+    }
+    let (before, after) = segments.split_at_mut(i);
+    let (src, dst) = (&before[i - 1], &mut after[0]);
+    match (&src.prefill, &mut dst.prefill) {
+        (Some(s), Some(d)) => dst.ex.copy_from(&mut d.b.hidden, &src.ex, &s.b.hidden, &src.ready),
+        _ => Err(Error::Internal("a segment without batched prefill".into())),
+    }
+}
+
 /// Copies segment i-1's hidden state into segment i, on i's stream after i-1's work (a peer copy
 /// across devices, ordered by an event).
 fn pass_hidden(segments: &mut [Segment], i: usize) -> Result<()> {
@@ -362,7 +501,7 @@ impl Segment {
         let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
         let (k, b) = (&mut self.k, &mut self.b);
         if let Some(table) = &self.embed_tokens {
-            k.embedding.launch(&s, &b.step, table, &mut b.hidden)?;
+            k.embedding.launch(&s, &b.step, 1, table, &mut b.hidden)?;
         }
         for (layer, cache) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
             k.qkv_proj.launch(
@@ -378,6 +517,7 @@ impl Segment {
                 &layer.q_norm,
                 &layer.k_norm,
                 &b.step,
+                1,
                 &mut b.q,
                 cache,
                 self.kv.max_seq,
@@ -390,17 +530,70 @@ impl Segment {
             k.gate_up_proj.launch(&s, &b.hidden, post_norm, &layer.gate_up_proj, &mut b.mlp_act)?;
             k.down_proj.launch(&s, &b.mlp_act, None, &layer.down_proj, &mut b.hidden)?;
         }
-        if let (Some(head), true) = (&self.head, want_logits) {
-            let lm_head = head
-                .lm_head
-                .as_ref()
-                .or(self.embed_tokens.as_ref())
-                .ok_or_else(|| Error::Internal("no lm_head on the last segment".into()))?;
-            k.rms_norm.launch(&s, &b.hidden, &head.norm, &mut b.normed, eps)?;
-            k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
-            if sample {
-                k.argmax.launch(&s, &b.logits, &mut b.step, true)?;
-            }
+        if want_logits {
+            self.head(c, sample)?;
+        }
+        Ok(())
+    }
+
+    /// On the last segment: final norm and lm_head of `hidden` into `logits`, then greedy sampling
+    /// (`sample`); nothing on other segments.
+    fn head(&mut self, c: &Qwen3Config, sample: bool) -> Result<()> {
+        let Some(head) = &self.head else {
+            return Ok(());
+        };
+        let s = self.ex.stream().clone();
+        let (k, b) = (&self.k, &mut self.b);
+        let lm_head = head
+            .lm_head
+            .as_ref()
+            .or(self.embed_tokens.as_ref())
+            .ok_or_else(|| Error::Internal("no lm_head on the last segment".into()))?;
+        k.rms_norm.launch(&s, &b.hidden, &head.norm, &mut b.normed, c.rms_norm_eps as f32)?;
+        k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
+        if sample {
+            k.argmax.launch(&s, &b.logits, &mut b.step, true)?;
+        }
+        Ok(())
+    }
+
+    /// One prompt chunk of `rows` positions through this segment (batched kernels): embedding on
+    /// the first segment, then its layers; the positions start at the step's.
+    fn prefill_chunk(&mut self, c: &Qwen3Config, rows: usize) -> Result<()> {
+        let s = self.ex.stream().clone();
+        let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
+        let Some(Prefill { k: pk, b: pb }) = self.prefill.as_mut() else {
+            return Err(Error::Internal("no batched prefill on this segment".into()));
+        };
+        let (k, step) = (&self.k, &self.b.step);
+        if let Some(table) = &self.embed_tokens {
+            k.embedding.launch(&s, &pb.tokens, rows, table, &mut pb.hidden)?;
+        }
+        for (layer, cache) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
+            let input_norm = Some((&layer.input_layernorm, eps));
+            pk.input_rows.launch(&s, &pb.hidden, input_norm, rows, &mut pb.x16, &mut pb.x_scale)?;
+            pk.qkv_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.qkv_proj, &mut pb.qkv)?;
+            k.qk_norm_rope.launch(
+                &s,
+                &pb.qkv,
+                &layer.q_norm,
+                &layer.k_norm,
+                step,
+                rows,
+                &mut pb.q,
+                cache,
+                self.kv.max_seq,
+                eps,
+                theta,
+            )?;
+            pk.attention.launch(&s, &pb.q, cache, step, rows, &mut pb.attn)?;
+            pk.attn_rows.launch(&s, &pb.attn, None, rows, &mut pb.x16, &mut pb.x_scale)?;
+            pk.o_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.o_proj, &mut pb.hidden)?;
+            let post_norm = Some((&layer.post_attention_layernorm, eps));
+            pk.input_rows.launch(&s, &pb.hidden, post_norm, rows, &mut pb.x16, &mut pb.x_scale)?;
+            pk.gate_up_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.gate_up_proj, &mut pb.mlp_act)?;
+            pk.mlp_rows.launch(&s, &pb.mlp_act, None, rows, &mut pb.x16, &mut pb.x_scale)?;
+            pk.down_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.down_proj, &mut pb.hidden)?;
         }
         Ok(())
     }
@@ -439,6 +632,39 @@ impl Kernels {
             down_proj: AwqGemv::new(ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
             lm_head: HalfGemv::new(ex, h, c.vocab_size)?,
             argmax: Argmax::new(ex, c.vocab_size)?,
+        })
+    }
+}
+
+impl PrefillKernels {
+    fn new(ex: &Executor, c: &Qwen3Config, opts: &ModelOptions) -> Result<Self> {
+        let (h, g, i, q) = (c.hidden_size, c.quantization.group_size, c.intermediate_size, c.q_dim());
+        Ok(PrefillKernels {
+            input_rows: RowsF16::new(ex, h, true)?,
+            attn_rows: RowsF16::new(ex, q, false)?,
+            mlp_rows: RowsF16::new(ex, i, false)?,
+            qkv_proj: AwqGemm::new(ex, h, q + 2 * c.kv_dim(), g, Epilogue::Store)?,
+            attention: AttentionPrefill::new(ex, head_shape(c), opts.max_seq, opts.kv_dtype)?,
+            o_proj: AwqGemm::new(ex, q, h, g, Epilogue::AddTo)?,
+            gate_up_proj: AwqGemm::new(ex, h, i, g, Epilogue::SiluMul)?,
+            down_proj: AwqGemm::new(ex, i, h, g, Epilogue::AddTo)?,
+        })
+    }
+}
+
+impl PrefillBuffers {
+    fn new(ex: &Executor, c: &Qwen3Config, opts: &ModelOptions) -> Result<Self> {
+        let (n, h, i, q) = (opts.prefill_chunk, c.hidden_size, c.intermediate_size, c.q_dim());
+        let what = "prompt activations";
+        Ok(PrefillBuffers {
+            tokens: ex.zeros(n, what)?,
+            hidden: ex.zeros(n * h, what)?,
+            qkv: ex.zeros(n * (q + 2 * c.kv_dim()), what)?,
+            q: ex.zeros(n * q, what)?,
+            attn: ex.zeros(n * q, what)?,
+            mlp_act: ex.zeros(n * i, what)?,
+            x16: ex.zeros(n * h.max(i).max(q), what)?,
+            x_scale: ex.zeros(n, what)?,
         })
     }
 }
@@ -509,7 +735,18 @@ pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
         KernelType::KvDequant { head_dim: c.head_dim as u32 },
         KernelType::HalfGemv { k: h, n: v },
         KernelType::Argmax { n: v },
+        KernelType::RowsF16 { k: h, norm: true },
+        KernelType::RowsF16 { k: q, norm: false },
+        KernelType::RowsF16 { k: i, norm: false },
+        KernelType::AwqGemm { k: h, n: q + 2 * kv, group: g, epilogue: Epilogue::Store },
+        KernelType::AwqGemm { k: q, n: h, group: g, epilogue: Epilogue::AddTo },
+        KernelType::AwqGemm { k: h, n: i, group: g, epilogue: Epilogue::SiluMul },
+        KernelType::AwqGemm { k: i, n: h, group: g, epilogue: Epilogue::AddTo },
     ];
+    if AttentionPrefill::supports(head_shape(c)) {
+        types.push(AttentionPrefill::kernel_type(head_shape(c), KvDtype::Fp16));
+        types.push(AttentionPrefill::kernel_type(head_shape(c), KvDtype::Q8));
+    }
     types.extend(awq_linears(c).map(|(_, k, n)| KernelType::AwqRepack {
         k: k as u32,
         n: n as u32,

@@ -1,0 +1,194 @@
+// Causal attention for M consecutive prompt positions (flash-attention style, on tensor cores) over
+// the KV cache, after qk_norm_rope has appended the same positions: query row m sits at position
+// step[STEP_POS] + m and attends to every cached position up to its own, including those of
+// earlier chunks, so chunked prompts need nothing else.
+//
+// A block takes QT query positions of one KV head and all GQA query heads sharing it, so each K/V
+// chunk is loaded once for all of them: warp w holds the 16 rows (query head w % GQA, positions
+// (w / GQA) * 16 + 0..15). K/V chunks of KC positions are staged in shared memory as fp16 (int8
+// caches dequantized on the way; V transposed so its mma B fragments are 32-bit loads), S = Q K^T
+// and O += P V run as m16n8k16 fp16 mma with fp32 accumulation, and the softmax is online in
+// registers (base 2: q carries head_dim^-0.5 * log2(e)). q and the scores stay small (q and k are
+// RMS-normalized per head); V is stored as fp16 in the cache already.
+// Defines: HEAD_DIM (32, 64 or 128), N_HEADS, N_KV_HEADS, KV_Q8, Q8_BLOCK.
+
+#define GQA (N_HEADS / N_KV_HEADS)
+#define QW (GQA >= 4 ? 1 : 4 / GQA)  // 16-position row groups per query head
+#define NW (GQA * QW)                // warps per block
+#define QT (16 * QW)                 // query positions per block
+#define KC 64                        // key positions per chunk
+#define KP (HEAD_DIM + 8)            // K row pitch (halves): B loads of a warp hit distinct banks
+#define VP (KC + 8)                  // transposed V row pitch (halves)
+#define DS (HEAD_DIM / 16)           // mma k-steps of q.k
+#define DT (HEAD_DIM / 8)            // output n-tiles
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
+    return (unsigned)f32_to_f16(lo) | ((unsigned)f32_to_f16(hi) << 16);
+}
+
+__device__ __forceinline__ void mma_f16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Eight cached values of `row` from dim d0 as fp16.
+__device__ __forceinline__ uint4 kv_load8(const kv_t* cache, const f16_t* scales, long long row, int d0) {
+#if KV_Q8
+    const uint2 raw = *reinterpret_cast<const uint2*>(cache + row * HEAD_DIM + d0);
+    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
+    unsigned h[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const unsigned word = e < 2 ? raw.x : raw.y;
+        const int b0 = (signed char)(word >> (16 * (e & 1))), b1 = (signed char)(word >> (16 * (e & 1) + 8));
+        h[e] = pack_f16((float)b0 * s, (float)b1 * s);
+    }
+    return make_uint4(h[0], h[1], h[2], h[3]);
+#else
+    return *reinterpret_cast<const uint4*>(cache + row * HEAD_DIM + d0);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
+    const float* __restrict__ q,  // [M][N_HEADS][HEAD_DIM], after norm and RoPE
+    const kv_t* __restrict__ k_cache,
+    const kv_t* __restrict__ v_cache,
+    const f16_t* __restrict__ k_scale,
+    const f16_t* __restrict__ v_scale,
+    const int* __restrict__ step,
+    float* __restrict__ out,  // [M][N_HEADS][HEAD_DIM]
+    int m_rows,
+    int max_seq,
+    float q_scale) {
+    __shared__ __align__(16) f16_t ks[KC][KP];
+    __shared__ __align__(16) f16_t vt[HEAD_DIM][VP];
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int kv = blockIdx.y;
+    const int qblock = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+    const int head = kv * GQA + warp % GQA;
+    const int m0 = qblock * QT + (warp / GQA) * 16;
+    const int pos0 = step[STEP_POS];
+    // Keys [0, kend): up to the block's last query position.
+    const int kend = min(pos0 + min(m_rows, (qblock + 1) * QT), max_seq);
+
+    // Q as A fragments: rows g and g + 8, dims 16 ds + 2t (+1) and + 8.
+    unsigned qa[DS][4];
+#pragma unroll
+    for (int ds = 0; ds < DS; ds++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int m = m0 + g + 8 * (i & 1), d = 16 * ds + 2 * t + 8 * (i >> 1);
+            float2 v = make_float2(0.0f, 0.0f);
+            if (m < m_rows) v = *reinterpret_cast<const float2*>(q + ((long long)m * N_HEADS + head) * HEAD_DIM + d);
+            qa[ds][i] = pack_f16(v.x * q_scale, v.y * q_scale);
+        }
+    }
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float row_max[2] = {NEG_INF, NEG_INF}, row_sum[2] = {0.0f, 0.0f};
+    const int qpos[2] = {pos0 + m0 + g, pos0 + m0 + g + 8};
+    const long long head_row = (long long)kv * max_seq;
+
+    for (int c0 = 0; c0 < kend; c0 += KC) {
+        __syncthreads();  // the previous chunk is no longer read
+        // Position-fastest so the transposed V stores of a warp fill consecutive halves.
+        for (int i = tid; i < KC * (HEAD_DIM / 8); i += NW * 32) {
+            const int r = i % KC, d0 = (i / KC) * 8;
+            const int pos = c0 + r;
+            uint4 kk = make_uint4(0u, 0u, 0u, 0u), vv = kk;
+            if (pos < kend) {
+                kk = kv_load8(k_cache, k_scale, head_row + pos, d0);
+                vv = kv_load8(v_cache, v_scale, head_row + pos, d0);
+            }
+            *reinterpret_cast<uint4*>(&ks[r][d0]) = kk;
+            const unsigned vw[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) vt[d0 + e][r] = (f16_t)(vw[e / 2] >> (16 * (e % 2)));
+        }
+        __syncthreads();
+
+        float sc[KC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < KC / 8; nt++) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+            for (int ds = 0; ds < DS; ds++) {
+                const f16_t* kr = &ks[8 * nt + g][16 * ds + 2 * t];
+                mma_f16(sc[nt], qa[ds], *reinterpret_cast<const unsigned*>(kr),
+                        *reinterpret_cast<const unsigned*>(kr + 8));
+            }
+        }
+        // Causal mask (which also masks positions past kend), then the online softmax per row.
+        float cmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < KC / 8; nt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = c0 + 8 * nt + 2 * t + (i & 1);
+                if (key > qpos[i >> 1]) sc[nt][i] = NEG_INF;
+                cmax[i >> 1] = fmaxf(cmax[i >> 1], sc[nt][i]);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            cmax[h] = fmaxf(cmax[h], __shfl_xor_sync(0xffffffffu, cmax[h], 1));
+            cmax[h] = fmaxf(cmax[h], __shfl_xor_sync(0xffffffffu, cmax[h], 2));
+            const float m_new = fmaxf(row_max[h], cmax[h]);
+            // A row sees key 0 in the first chunk, so m_new is finite from then on.
+            alpha[h] = exp2f(row_max[h] - m_new);
+            row_max[h] = m_new;
+            row_sum[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            o[dt][0] *= alpha[0];
+            o[dt][1] *= alpha[0];
+            o[dt][2] *= alpha[1];
+            o[dt][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int ks2 = 0; ks2 < KC / 16; ks2++) {
+            unsigned pa[4];
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                float* s0 = sc[2 * ks2 + half];
+                const float p0 = exp2f(s0[0] - row_max[0]), p1 = exp2f(s0[1] - row_max[0]);
+                const float p2 = exp2f(s0[2] - row_max[1]), p3 = exp2f(s0[3] - row_max[1]);
+                row_sum[0] += p0 + p1;
+                row_sum[1] += p2 + p3;
+                pa[2 * half] = pack_f16(p0, p1);
+                pa[2 * half + 1] = pack_f16(p2, p3);
+            }
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                const f16_t* vr = &vt[8 * dt + g][16 * ks2 + 2 * t];
+                mma_f16(o[dt], pa, *reinterpret_cast<const unsigned*>(vr), *reinterpret_cast<const unsigned*>(vr + 8));
+            }
+        }
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int m = m0 + g + 8 * h;
+        if (m >= m_rows) continue;
+        float* orow = out + ((long long)m * N_HEADS + head) * HEAD_DIM;
+        const float inv = 1.0f / row_sum[h];
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+            *reinterpret_cast<float2*>(orow + 8 * dt + 2 * t) = make_float2(o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
+    }
+}
