@@ -10,7 +10,8 @@
 // A block computes BR = 128 weight rows (8 tiles) x BT = 128 tokens with 8 warps, 4 along rows x 2
 // along tokens; each warp owns 2 tiles x 64 tokens (2 x 8 m16n8 accumulators). Weight fragments
 // (4 KiB per 64 inputs) and the fp16 token tile (16 KiB per 64 inputs) stream into shared memory
-// through a STAGES-deep cp.async pipeline.
+// through a STAGES-deep cp.async pipeline; two blocks per SM (<= 128 registers a thread) overlap one
+// block's loads and epilogue with the other's mma.
 // Defines: K, N (outputs; MODE 2 reads 2N weight rows), GROUP (multiple of 64), MODE.
 //   MODE 0: y[m][n] = ...   MODE 1: y[m][n] += ... (residual add)
 //   MODE 2: y[m][n] = silu(gate) * up, weight tiles interleaved gate, up (awq_linear.rs Interleave)
@@ -19,7 +20,8 @@
 #define TILES (ROWS / 16)
 #define NKB (K / 64)
 #define KB_PER_G (GROUP / 64)
-#define BT 128
+#define WT (BT / 2)  // tokens per warp
+#define NT (WT / 8)  // n8 tiles per warp
 #define STAGES 3
 #define XP 80  // token-row pitch in halves: 64 inputs + 16 pad, so the B loads of a warp hit distinct banks
 #define W_STAGE (8 * 32)        // uint4 per stage: 8 tiles x 32 lanes
@@ -45,7 +47,9 @@ __device__ __forceinline__ unsigned dequant_f16(unsigned word, int i, unsigned n
     unsigned v;
     asm("lop3.b32 %0, %1, 0x000F000F, 0x64006400, 0xEA;" : "=r"(v) : "r"(word >> (4 * i)));
     asm("add.rn.f16x2 %0, %1, %2;" : "=r"(v) : "r"(v), "r"(neg_z));
+#if !EXACT
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(v) : "r"(v), "r"(s2));
+#endif
     return v;
 }
 
@@ -57,7 +61,7 @@ __device__ __forceinline__ void mma_f16(float* c, const unsigned* a, uint2 b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
 }
 
-extern "C" __global__ void __launch_bounds__(256) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
+extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
                                                           const float* __restrict__ x_scale,  // [M]
                                                           const uint4* __restrict__ w,
                                                           const f16_t* __restrict__ s,
@@ -79,7 +83,7 @@ extern "C" __global__ void __launch_bounds__(256) awq_gemm(const f16_t* __restri
         const bool tile_ok = tile < TILES;
         cp_async16(ws + tid, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < BT / 32; j++) {
             const int c = tid + 256 * j, r = c >> 3, col = c & 7;  // token row, 16-byte column
             const int m = tok0 + r;
             const bool ok = m < m_rows;
@@ -92,12 +96,16 @@ extern "C" __global__ void __launch_bounds__(256) awq_gemm(const f16_t* __restri
         cp_async_commit();
     }
 
-    float acc[2][8][4];
+    float acc[2][NT][4];
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+        for (int nt = 0; nt < NT; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
     unsigned neg_z[2][2], s2[2][2];  // per tile, per row half (g, g + 8)
+#if EXACT
+    float c[2][NT][4];  // this group's sums of (q - z) x, scaled into acc in fp32 at the group's end
+    float sf[2][2];
+#endif
 
     for (int kb = 0; kb < NKB; kb++) {
         cp_async_wait<STAGES - 2>();
@@ -116,8 +124,17 @@ extern "C" __global__ void __launch_bounds__(256) awq_gemm(const f16_t* __restri
                 for (int h = 0; h < 2; h++) {
                     neg_z[mt][h] = (0xE400u | (unsigned)((zw >> (4 * (g + 8 * h))) & 15u)) * 0x10001u;
                     s2[mt][h] = (unsigned)s[at * 16 + g + 8 * h] * 0x10001u;
+#if EXACT
+                    sf[mt][h] = f16_to_f32(s[at * 16 + g + 8 * h]);
+#endif
                 }
             }
+#if EXACT
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) c[mt][nt][0] = c[mt][nt][1] = c[mt][nt][2] = c[mt][nt][3] = 0.0f;
+#endif
         }
         const uint4* ws = smem + (kb % STAGES) * (W_STAGE + X_STAGE);
         const uint2* xs = reinterpret_cast<const uint2*>(ws + W_STAGE);
@@ -132,23 +149,38 @@ extern "C" __global__ void __launch_bounds__(256) awq_gemm(const f16_t* __restri
                 for (int i = 0; i < 4; i++) a[mt][i] = dequant_f16(word, i, neg_z[mt][i & 1], s2[mt][i & 1]);
             }
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                // Inputs 16 j + 4 t .. + 3 of token 64 wt + 8 nt + g (the repack's column permutation).
-                const uint2 b = xs[(64 * wt + 8 * nt + g) * (XP / 4) + 4 * j + t];
+            for (int nt = 0; nt < NT; nt++) {
+                // Inputs 16 j + 4 t .. + 3 of token WT wt + 8 nt + g (the repack's column permutation).
+                const uint2 b = xs[(WT * wt + 8 * nt + g) * (XP / 4) + 4 * j + t];
+#if EXACT
+                mma_f16(c[0][nt], a[0], b);
+                mma_f16(c[1][nt], a[1], b);
+#else
                 mma_f16(acc[0][nt], a[0], b);
                 mma_f16(acc[1][nt], a[1], b);
+#endif
             }
         }
+#if EXACT
+        if (kb % KB_PER_G == KB_PER_G - 1) {
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[mt][nt][i] += sf[mt][i >> 1] * c[mt][nt][i];
+        }
+#endif
     }
     cp_async_wait<0>();
     pdl_trigger();
 
     // acc[mt][nt]: rows g (0, 1) and g + 8 (2, 3) of tile 2 wr + mt; tokens 2t and 2t + 1 of n-tile nt.
 #pragma unroll
-    for (int nt = 0; nt < 8; nt++) {
+    for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const int m = tok0 + 64 * wt + 8 * nt + 2 * t + e;
+            const int m = tok0 + WT * wt + 8 * nt + 2 * t + e;
             if (m >= m_rows) continue;
             const float f = x_scale[m];
 #if MODE == 2

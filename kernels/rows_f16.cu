@@ -29,7 +29,7 @@ extern "C" __global__ void rows_f16(const float* __restrict__ x,  // [rows][K]
     __syncthreads();  // scratch is still being read by block_sum
     if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = amax;
     __syncthreads();
-    amax = threadIdx.x < (blockDim.x >> 5) ? scratch[threadIdx.x] : 0.0f;
+    amax = (threadIdx.x & 31) < (blockDim.x >> 5) ? scratch[threadIdx.x & 31] : 0.0f;
     amax = warp_max(amax);
     // amax < 2^e with e from its exponent field; multiply by 2^(15 - e), clamped to normal floats.
     const int e = ((__float_as_int(amax) >> 23) & 0xff) - 126;

@@ -48,31 +48,49 @@ def softmax(s, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def attend(q, k, v):
+def f16(x):
+    return np.asarray(x).astype(np.float16).astype(np.float64)
+
+
+def f16_rows(x):
+    """Each row rounded to fp16 after scaling by the power of two that puts its absmax in [2^14, 2^15)."""
+    e = np.frexp(np.abs(x).max(axis=-1, keepdims=True))[1]
+    return f16(np.ldexp(x, 15 - e)) * np.ldexp(1.0, e - 15)
+
+
+def attend(q, k, v, fp16_weights=False):
     """Causal GQA attention. q [T, nh, d], k/v [S, nkv, d] (S >= T; query t sits at position S - T + t).
-    Query head h uses kv head h // (nh / nkv). Returns [T, nh * d]."""
+    Query head h uses kv head h // (nh / nkv). Returns [T, nh * d]. fp16_weights rounds the scaled q and the
+    softmax weights (not their sum) to fp16."""
     T, nh, d = q.shape
     S, nkv, _ = k.shape
     kv_of = np.arange(nh) // (nh // nkv)
-    scores = np.einsum("thd,shd->hts", q, k[:, kv_of]) * d**-0.5
+    q = f16(q * d**-0.5) if fp16_weights else q * d**-0.5
+    scores = np.einsum("thd,shd->hts", q, k[:, kv_of])
     qpos, kpos = np.arange(S - T, S)[:, None], np.arange(S)[None, :]
     scores = np.where(kpos <= qpos, scores, -np.inf)
-    return np.einsum("hts,shd->thd", softmax(scores), v[:, kv_of]).reshape(T, nh * d)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p = (f16(e) if fp16_weights else e) / e.sum(axis=-1, keepdims=True)
+    return np.einsum("hts,shd->thd", p, v[:, kv_of]).reshape(T, nh * d)
 
 
-def forward(weights, config, ids, stats=None, kv_dtype=None):
+def forward(weights, config, ids, stats=None, kv_dtype=None, prompt_fp16=False):
     """Logits float64 [T, vocab] for token ids [T] at positions 0..T-1.
     If `stats` is a dict it receives per-layer maxima of |silu(gate)*up| ("mlp_act") and of the residual
     stream after the layer ("residual"), as lists. kv_dtype=np.float16 rounds k (after RoPE) and v the way
-    an fp16 KV cache does, to size that error."""
+    an fp16 KV cache does, to size that error. prompt_fp16 also rounds what the batched prompt kernels round
+    to fp16: the linears' input rows (scaled per row), the dequantized weights, q and the softmax weights."""
     w, c = weights, config
+    if prompt_fp16:
+        w = {n: f16(a) if n.endswith("proj.weight") else a for n, a in w.items()}
+    rows = f16_rows if prompt_fp16 else (lambda a: a)
     nh, nkv, hd, eps = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], c["rms_norm_eps"]
     ids = np.asarray(ids, np.int64)
     T, pos = len(ids), np.arange(len(ids))
     x = w["model.embed_tokens.weight"][ids]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        h = rows(rms_norm(x, w[p + "input_layernorm.weight"], eps))
         q = (h @ w[p + "self_attn.q_proj.weight"]).reshape(T, nh, hd)
         k = (h @ w[p + "self_attn.k_proj.weight"]).reshape(T, nkv, hd)
         v = (h @ w[p + "self_attn.v_proj.weight"]).reshape(T, nkv, hd)
@@ -80,10 +98,10 @@ def forward(weights, config, ids, stats=None, kv_dtype=None):
         k = rope(rms_norm(k, w[p + "self_attn.k_norm.weight"], eps), pos, c["rope_theta"])
         if kv_dtype is not None:
             k, v = k.astype(kv_dtype).astype(np.float64), v.astype(kv_dtype).astype(np.float64)
-        x = x + attend(q, k, v) @ w[p + "self_attn.o_proj.weight"]
-        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        x = x + rows(attend(q, k, v, prompt_fp16)) @ w[p + "self_attn.o_proj.weight"]
+        h = rows(rms_norm(x, w[p + "post_attention_layernorm.weight"], eps))
         act = silu(h @ w[p + "mlp.gate_proj.weight"]) * (h @ w[p + "mlp.up_proj.weight"])
-        x = x + act @ w[p + "mlp.down_proj.weight"]
+        x = x + rows(act) @ w[p + "mlp.down_proj.weight"]
         if stats is not None:
             stats.setdefault("mlp_act", []).append(float(np.abs(act).max()))
             stats.setdefault("residual", []).append(float(np.abs(x).max()))
