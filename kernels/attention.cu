@@ -26,11 +26,12 @@
 //   output columns: each lane loads 16 contiguous bytes of a K row (fully used 32-byte sectors
 //   across the quad) and q is laid out in the matching order; for p.v the B operand needs pairs of
 //   positions, which one byte permute per register builds from two V rows.
-// - int8 cache: values enter as exact fp16 integers through the magic 1024 + 128 + q (a byte permute,
-//   a logic op and an fp16 subtract per pair, no integer-to-float conversion). K scales multiply the per-block partial scores in fp32. A V
-//   scale s = m * 2^e (m in [1, 2), 2^e capped at 2^8) is split so q * 2^e is still an exact fp16
-//   in B and m goes into the fp32 weight before its hi/lo split; each mma n-tile lies within one
-//   64-value scale block. Dequantization thus stays exact, like fp32 arithmetic on q * s.
+// - int8 cache: values enter as exact fp16 integers through the magic 1024 + 128 + q (a byte
+//   permute, a logic op and an fp16 subtract per pair, no integer-to-float conversion). K scales
+//   multiply the per-block partial scores in fp32. A V scale s = m * 2^e (m in [1, 2), 2^e capped
+//   at 2^8) is split so q * 2^e is still an exact fp16 in B and m goes into the fp32 weight before
+//   its hi/lo split; each mma n-tile lies within one 64-value scale block. Dequantization thus
+//   stays exact, like fp32 arithmetic on q * s.
 // Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
