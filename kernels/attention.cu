@@ -1,28 +1,154 @@
-// Incremental (decode) attention of one query position over an fp16 KV cache, split over the
-// sequence (flash-decoding). attention_partial: block (kv head, split) walks its share of the
-// positions in sub-chunks of SUB with an online softmax, for all GQA query heads that share the KV
-// head (each K/V row is loaded once for all of them), and writes an unnormalized output with its
-// running max and sum; attention_combine merges the splits per query head. The grid is fixed
-// (SPLITS per KV head) and the length comes from device memory, so one launch configuration serves
-// every step and no sequence length triggers a compile. Sub-chunks have a compile-time size (rows
-// past the end are clamped to the last valid row and masked), so every load is issued up front.
-// The cache is fp16 or int8 with scales (kv_cache.cuh); int8 is dequantized in registers.
-// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, SUB, KV_Q8, Q8_BLOCK.
+// Incremental (decode) attention of one query position over the KV cache, split over the sequence
+// (flash-decoding). attention_partial: block (KV head x head group, split) covers a contiguous
+// chunk of positions and writes, per query head, an unnormalized output with its running max and
+// sum; attention_combine merges the splits per query head. The grid is fixed (SPLITS per KV head)
+// and the length comes from device memory, so one launch configuration serves every step and no
+// sequence length triggers a compile.
+//
+// Why it is shaped like this: decode attention is a stream over the cache with ~2 flops per byte,
+// so the kernel must keep many bytes in flight and spend few instructions per byte.
+// - Each warp streams its own tiles of 16 positions (tiles interleaved over the block's warps)
+//   straight from global memory into mma fragments, with no block-wide barrier in the loop: the
+//   next tile's K is requested as soon as q.k has consumed the current one and its V as soon as
+//   p.v has, so about one tile per warp is always in flight. The warps of a block merge their
+//   online-softmax states once, at the end.
+// - q.k and p.v run on tensor cores (mma.m16n8k16, fp16 in, fp32 accumulate). The 16 rows of the
+//   A operand hold the block's (up to 8) query heads twice: rows 0-7 carry the fp16 "hi" part of q
+//   (resp. of the softmax weights p), rows 8-15 the fp16 remainder "lo" = x - hi, and a lane holds
+//   rows g and g + 8 of every accumulator, so hi + lo is summed in registers. That keeps ~22 bits
+//   of q and p (fp32-level accuracy; rounding either to plain fp16 would cost 2^-11) while the fp16
+//   cache enters the mma as stored, with no conversion instruction at all.
+// - q is scaled per head by a power of two so its largest entry sits near 2^14 (no fp16 overflow
+//   or underflow whatever its size; undone exactly on the scores), and carries log2(e) so the
+//   softmax uses exp2. p <= 1 enters scaled by 2^14 (int8: 2^7 times m, below) so tiny weights stay
+//   normal in fp16.
+// - The reduction dimension of an mma may be permuted freely if A and B agree, and so may the
+//   output columns: each lane loads 16 contiguous bytes of a K row (fully used 32-byte sectors
+//   across the quad) and q is laid out in the matching order; for p.v the B operand needs pairs of
+//   positions, which one byte permute per register builds from two V rows.
+// - int8 cache: values enter as exact fp16 integers through the magic 1024 + 128 + q (a byte
+//   permute, a logic op and an fp16 subtract per pair, no integer-to-float conversion). K scales
+//   multiply the per-block partial scores in fp32. A V scale s = m * 2^e (m in [1, 2), 2^e capped
+//   at 2^8) is split so q * 2^e is still an exact fp16 in B and m goes into the fp32 weight before
+//   its hi/lo split; each mma n-tile lies within one 64-value scale block. Dequantization thus
+//   stays exact, like fp32 arithmetic on q * s.
+// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
 #define NEG_INF (-__int_as_float(0x7f800000))
-#define THREADS 128
-#define N_WARPS (THREADS / 32)
-#define LPP 4                   // lanes per position for q.k
-#define DPL (HEAD_DIM / LPP)    // head dims per lane, within one Q8 block
-#define QPAD (DPL + 4)          // padded q segment: the 4 lanes of a position hit different banks
-#define PPP (THREADS / LPP)     // positions per q.k pass
-#define PAIRS (HEAD_DIM / 2)    // p.v: each thread owns a pair of dims...
-#define PGROUPS (THREADS / PAIRS)  // ...for every PGROUPS-th position
-#define GQP ((GQA + 3) / 4 * 4)   // p rows padded so the heads of a position load as float4
+#define N_WARPS 4
+#define THREADS (N_WARPS * 32)
+#define HG_HEADS 8                              // query heads per block: the 8 "hi" rows of an mma
+#define HGROUPS ((GQA + HG_HEADS - 1) / HG_HEADS)  // blocks per KV head along the heads
+#define LOG2E 1.4426950408889634f
+
+constexpr int KV_BYTES = sizeof(kv_t);
+constexpr int KSTEPS = HEAD_DIM / 16;  // mma k-steps of q.k
+constexpr int NTILES = HEAD_DIM / 8;   // mma n-tiles of p.v
+// K: a lane loads HEAD_DIM / 4 values of a row, in pieces of KVAL (16 bytes where the row allows).
+constexpr int KVAL = (16 / KV_BYTES < HEAD_DIM / 4) ? 16 / KV_BYTES : HEAD_DIM / 4;
+constexpr int KPIECES = HEAD_DIM / 4 / KVAL;
+constexpr int KPIECE_WORDS = KVAL * KV_BYTES / 4;
+constexpr int KWORDS = KPIECES * KPIECE_WORDS;
+constexpr int KSPP = KVAL / 4;  // k-steps per piece
+// V: a lane loads HEAD_DIM / 8 values of each of 4 rows, in pieces of VVAL; 8 lanes side by side
+// cover 8 * VVAL <= 64 values, so an n-tile never straddles two scale blocks.
+constexpr int VVAL = (HEAD_DIM / 8 < 8) ? HEAD_DIM / 8 : 8;
+constexpr int VPIECES = HEAD_DIM / 8 / VVAL;
+constexpr int VPIECE_WORDS = VVAL * KV_BYTES / 4;
+constexpr int VWORDS = VPIECES * VPIECE_WORDS;
+// Positions per warp iteration: int8 takes two 16-position tiles so a warp has as many bytes in
+// flight as with fp16 and the softmax bookkeeping is amortized over as many bytes.
+constexpr int NSUB = KV_Q8 ? 2 : 1;
+constexpr int TP = 16 * NSUB;
+constexpr int NB = KV_Q8 ? HEAD_DIM / Q8_BLOCK : 1;  // scale blocks per row (int8)
+constexpr int SWORDS = (NB + 1) / 2;                 // 32-bit words holding a row's scales
+constexpr float PSCALE = KV_Q8 ? 128.0f : 16384.0f;  // p (times m < 2^8 for int8) stays < 2^15
+static_assert(!KV_Q8 || (KPIECES == NB && VPIECES == NB), "a piece must map to one scale block");
 
 __device__ __forceinline__ int chunk_len(int seq) {
-    return (((seq + SPLITS - 1) / SPLITS) + SUB - 1) / SUB * SUB;
+    const int c = (seq + SPLITS - 1) / SPLITS;
+    return max((c + TP - 1) / TP * TP, TP);
+}
+
+template <int NW>
+__device__ __forceinline__ void load_words(unsigned* w, const void* p) {
+    if constexpr (NW == 4) {
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+            : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+            : "l"(p));
+    } else if constexpr (NW == 2) {
+        asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+    } else {
+        static_assert(NW == 1, "load width");
+        asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+    }
+}
+
+// The NB fp16 scales of a row (int8 cache).
+__device__ __forceinline__ void load_scales(unsigned* w, const f16_t* p) {
+    if constexpr (NB == 1) {
+        unsigned short h;
+        asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(h) : "l"(p));
+        w[0] = h;
+    } else {
+        load_words<SWORDS>(w, p);
+    }
+}
+
+__device__ __forceinline__ f16_t half_of(const unsigned* w, int i) {
+    return (f16_t)(w[i / 2] >> (16 * (i % 2)));
+}
+
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ unsigned f16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// x = hi + lo with both fp16 (for a pair): ~22 significant bits of x.
+__device__ __forceinline__ void split_f16x2(float x0, float x1, unsigned& hi, unsigned& lo) {
+    hi = f16x2(x0, x1);
+    lo = f16x2(x0 - f16_to_f32((f16_t)hi), x1 - f16_to_f32((f16_t)(hi >> 16)));
+}
+
+__device__ __forceinline__ unsigned hsub2(unsigned a, unsigned b) {
+    unsigned r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b) {
+    unsigned r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+#define Q8_MAGIC 0x64806480u  // fp16 pair (1152, 1152): 1024 + the 128 bias of a flipped sign bit
+
+// Dimension of q that lane quad position `tig` feeds as element `s` (0-3) of k-step kk: the order
+// in which the lane's K pieces hold the row (piece i of lane tig is values (4i + tig) * KVAL...).
+__device__ __forceinline__ int q_dim(int kk, int tig, int s) {
+    return (4 * (kk / KSPP) + tig) * KVAL + 4 * (kk % KSPP) + s;
+}
+
+// Output dimension of column n (0-7) of p.v n-tile nt (lane gid loaded VVAL values per piece).
+__device__ __forceinline__ int v_dim(int nt, int n) {
+    return (nt / VVAL) * 8 * VVAL + n * VVAL + nt % VVAL;
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
@@ -33,138 +159,275 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     const f16_t* __restrict__ v_scale,
     const int* __restrict__ step,
     float* __restrict__ part_o,   // [N_HEADS][SPLITS][HEAD_DIM]
-    float* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]
+    float* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]: max (log2 units) and sum
     int max_seq,
     float scale) {
-    __shared__ __align__(16) float qs[GQA][LPP][QPAD];
-    __shared__ __align__(16) float p[SUB][GQP];  // scores, then softmax weights
-    __shared__ float m_s[GQA], l_s[GQA], rescale[GQA];
-    __shared__ float red[PGROUPS][HEAD_DIM];
+    __shared__ float qs[HG_HEADS][HEAD_DIM];
+    __shared__ float qpow[HG_HEADS];
+    __shared__ float so[N_WARPS][HG_HEADS][HEAD_DIM];  // per-warp unnormalized outputs
+    __shared__ float sm[N_WARPS][HG_HEADS], sl[N_WARPS][HG_HEADS];
     pdl_wait();
     pdl_trigger();
-    const int kv = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
-    const int lane = tid & 31, warp = tid >> 5;
+    const int kv = blockIdx.x / HGROUPS, h0 = kv * GQA + (blockIdx.x % HGROUPS) * HG_HEADS;
+    const int gb = min(HG_HEADS, kv * GQA + GQA - h0);  // query heads of this block
+    const int split = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gid = lane >> 2, tig = lane & 3;  // mma fragment coordinates
     const int seq = min(step[STEP_POS] + 1, max_seq);
     const int chunk = chunk_len(seq);
     const int start = split * chunk, end = min(seq, start + chunk);
     if (start >= end) return;  // attention_combine reads only the splits that hold positions
 
-    for (int i = tid; i < GQA * HEAD_DIM; i += THREADS) {
-        const int g = i / HEAD_DIM, dd = i % HEAD_DIM;
-        qs[g][dd / DPL][dd % DPL] = q[(kv * GQA + g) * HEAD_DIM + dd] * scale;
-    }
-    if (tid < GQA) {
-        m_s[tid] = NEG_INF;
-        l_s[tid] = 0.0f;
-    }
-    const int pr = tid % PAIRS, pg = tid / PAIRS;  // p.v role
-    const int qj = tid % LPP, qt = tid / LPP;      // q.k role
-    float acc[GQA][2];
-#pragma unroll
-    for (int g = 0; g < GQA; g++) acc[g][0] = acc[g][1] = 0.0f;
-    __syncthreads();
-
     const long long head_row = (long long)kv * max_seq;
-    for (int t0 = start; t0 < end; t0 += SUB) {
-        const int last = end - 1 - t0;  // last valid offset in this sub-chunk
-        // Issue every load of the sub-chunk before using any: K runs for q.k, V pairs for p.v.
-        KvRun<DPL> kr[SUB / PPP];
+    const kv_t* kh = k_cache + head_row * HEAD_DIM;
+    const kv_t* vh = v_cache + head_row * HEAD_DIM;
+#if KV_Q8
+    const f16_t* ksh = k_scale + head_row * NB;
+    const f16_t* vsh = v_scale + head_row * NB;
+#endif
+    // Rows past the end are clamped to the last valid one (their scores are masked), so every
+    // load of a tile is issued unconditionally.
+    auto row = [&](int t) { return (long long)min(t, end - 1); };
+    // Row slot r (0-3) of a lane in p.v and in the score fragment: positions 2 tig + {0, 1, 8, 9}.
+    auto slot_pos = [&](int r) { return 2 * tig + (r & 1) + 8 * (r >> 1); };
+
+    unsigned kw[NSUB][2][KWORDS];    // K rows gid and 8 + gid of each tile
+    unsigned vw[NSUB][4][VWORDS];    // V rows of the 4 slots
+#if KV_Q8
+    unsigned ksw[NSUB][4][SWORDS];   // K scales of the 4 score slots
+    unsigned vsw[NSUB][4][SWORDS];   // V scales of the 4 slots
+#endif
+    auto load_k = [&](int base) {
 #pragma unroll
-        for (int pass = 0; pass < SUB / PPP; pass++)
-            kr[pass] = kv_fetch<DPL>(k_cache, k_scale, head_row + t0 + min(pass * PPP + qt, last), qj * DPL);
-        KvRun<2> vr[SUB / PGROUPS];
+        for (int u = 0; u < NSUB; u++) {
 #pragma unroll
-        for (int j = 0; j < SUB / PGROUPS; j++)
-            vr[j] = kv_fetch<2>(v_cache, v_scale, head_row + t0 + min(pg + j * PGROUPS, last), 2 * pr);
-        // q.k: LPP lanes per position, DPL dims each.
+            for (int h = 0; h < 2; h++) {
+                const kv_t* p = kh + row(base + 16 * u + 8 * h + gid) * HEAD_DIM + tig * KVAL;
 #pragma unroll
-        for (int pass = 0; pass < SUB / PPP; pass++) {
-            const int t = pass * PPP + qt;
-            float kf[DPL];
-            kv_decode_unscaled(kr[pass], kf);
-            const float k_scale_run = kv_scale(kr[pass]);  // the lane's DPL values share one scale
+                for (int i = 0; i < KPIECES; i++)
+                    load_words<KPIECE_WORDS>(&kw[u][h][i * KPIECE_WORDS], p + i * 4 * KVAL);
+            }
+#if KV_Q8
 #pragma unroll
-            for (int g = 0; g < GQA; g++) {
-                float s = 0.0f;
+            for (int r = 0; r < 4; r++)
+                load_scales(ksw[u][r], ksh + row(base + 16 * u + slot_pos(r)) * NB);
+#endif
+        }
+    };
+    auto load_v = [&](int base) {
 #pragma unroll
-                for (int e = 0; e < DPL; e += 4) {
-                    const float4 qv = *reinterpret_cast<const float4*>(&qs[g][qj][e]);
-                    s += qv.x * kf[e] + qv.y * kf[e + 1] + qv.z * kf[e + 2] + qv.w * kf[e + 3];
-                }
-                s *= k_scale_run;
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                s += __shfl_xor_sync(0xffffffffu, s, 2);
-                if (qj == 0) p[t][g] = t <= last ? s : NEG_INF;
+        for (int u = 0; u < NSUB; u++) {
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const long long t = row(base + 16 * u + slot_pos(r));
+                const kv_t* p = vh + t * HEAD_DIM + gid * VVAL;
+#pragma unroll
+                for (int c = 0; c < VPIECES; c++)
+                    load_words<VPIECE_WORDS>(&vw[u][r][c * VPIECE_WORDS], p + c * 8 * VVAL);
+#if KV_Q8
+                load_scales(vsw[u][r], vsh + t * NB);
+#endif
             }
         }
-        __syncthreads();
-        // Online softmax: new running max, and the factor rescaling what was accumulated so far.
-        for (int g = warp; g < GQA; g += N_WARPS) {
-            float m = NEG_INF;
-            for (int t = lane; t < SUB; t += 32) m = fmaxf(m, p[t][g]);
-            m = fmaxf(warp_max(m), m_s[g]);
-            float l = 0.0f;
-            for (int t = lane; t < SUB; t += 32) {
-                const float e = expf(p[t][g] - m);  // 0 for masked positions
-                p[t][g] = e;
-                l += e;
-            }
-            l = warp_sum(l);
-            if (lane == 0) {
-                const float r = expf(m_s[g] - m);  // 0 on the first sub-chunk (m_s = -inf)
-                rescale[g] = r;
-                l_s[g] = l_s[g] * r + l;
-                m_s[g] = m;
-            }
-        }
-        __syncthreads();
-        // p.v: a pair of dims per thread over every PGROUPS-th position.
-#pragma unroll
-        for (int g = 0; g < GQA; g++) {
-            acc[g][0] *= rescale[g];
-            acc[g][1] *= rescale[g];
-        }
-#pragma unroll
-        for (int j = 0; j < SUB / PGROUPS; j++) {
-            const int t = pg + j * PGROUPS;
-            float v[2];
-            kv_decode_unscaled(vr[j], v);
-            v[0] *= kv_scale(vr[j]);
-            v[1] *= kv_scale(vr[j]);
-#pragma unroll
-            for (int g4 = 0; g4 < GQP; g4 += 4) {
-                const float4 pv = *reinterpret_cast<const float4*>(&p[t][g4]);
-                const float pw[4] = {pv.x, pv.y, pv.z, pv.w};
-#pragma unroll
-                for (int e = 0; e < 4 && g4 + e < GQA; e++) {
-                    acc[g4 + e][0] += pw[e] * v[0];
-                    acc[g4 + e][1] += pw[e] * v[1];
-                }
-            }
-        }
-        __syncthreads();  // p is rewritten by the next sub-chunk
+    };
+
+    // The warp's first tile is requested before q is staged, to overlap the two.
+    int base = start + warp * TP;
+    bool have = base < end;
+    if (have) {
+        load_k(base);
+        load_v(base);
     }
 
-    for (int g = 0; g < GQA; g++) {
-        red[pg][2 * pr] = acc[g][0];
-        red[pg][2 * pr + 1] = acc[g][1];
-        __syncthreads();
-        const long long at = (long long)(kv * GQA + g) * SPLITS + split;
-        for (int dd = tid; dd < HEAD_DIM; dd += THREADS) {
-            float o = 0.0f;
+    // q of the block's heads, times softmax scale and log2(e), then per head a power of two
+    // bringing its largest entry to [2^14, 2^15).
+    for (int i = tid; i < HG_HEADS * HEAD_DIM; i += THREADS) {
+        const int g = i / HEAD_DIM;
+        const float x = g < gb ? q[(long long)(h0 + g) * HEAD_DIM + i % HEAD_DIM] : 0.0f;
+        qs[g][i % HEAD_DIM] = x * (scale * LOG2E);
+    }
+    __syncthreads();
+    for (int g = warp; g < HG_HEADS; g += N_WARPS) {
+        float a = 0.0f;
+        for (int d = lane; d < HEAD_DIM; d += 32) a = fmaxf(a, fabsf(qs[g][d]));
+        a = warp_max(a);
+        const int e = (int)((__float_as_uint(a) >> 23) & 0xff) - 127;  // floor(log2 a); a = 0: -127
+        const int p = max(-120, min(120, 14 - e));
+        if (lane == 0) qpow[g] = __uint_as_float((unsigned)(p + 127) << 23);
+    }
+    __syncthreads();
+    unsigned qa[KSTEPS][4];  // A fragments: rows gid (hi) and gid + 8 (lo)
+    {
+        const float pw = qpow[gid];
 #pragma unroll
-            for (int k = 0; k < PGROUPS; k++) o += red[k][dd];
-            part_o[at * HEAD_DIM + dd] = o;
+        for (int kk = 0; kk < KSTEPS; kk++) {
+            float x[4];
+#pragma unroll
+            for (int s = 0; s < 4; s++) x[s] = qs[gid][q_dim(kk, tig, s)] * pw;
+            split_f16x2(x[0], x[1], qa[kk][0], qa[kk][1]);
+            split_f16x2(x[2], x[3], qa[kk][2], qa[kk][3]);
         }
-        if (tid == 0) {
-            part_ml[2 * at] = m_s[g];
-            part_ml[2 * at + 1] = l_s[g];
+    }
+    const float q_unscale = 1.0f / qpow[gid];  // exact: a power of two
+
+    float acc[NTILES][4];  // p.v: rows gid (hi p) and gid + 8 (lo p) of head gid
+#pragma unroll
+    for (int nt = 0; nt < NTILES; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    float m_run = NEG_INF, l_run = 0.0f;  // running max (log2 units); this lane's share of the sum
+
+    while (have) {
+        const int next = base + N_WARPS * TP;
+        const bool more = next < end;
+
+        // q.k: scores of head gid at positions 16 u + 8 h + 2 tig + {0, 1}.
+        float sc[NSUB][2][2];
+#pragma unroll
+        for (int u = 0; u < NSUB; u++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float c[NB][4];
+#pragma unroll
+                for (int b = 0; b < NB; b++) c[b][0] = c[b][1] = c[b][2] = c[b][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KSTEPS; kk++) {
+#if KV_Q8
+                    const unsigned x = kw[u][h][kk] ^ 0x80808080u;
+                    const unsigned b0 = hsub2(__byte_perm(x, 0x64646464u, 0x4140), Q8_MAGIC);
+                    const unsigned b1 = hsub2(__byte_perm(x, 0x64646464u, 0x4342), Q8_MAGIC);
+                    mma(c[kk / KSPP], qa[kk], b0, b1);
+#else
+                    mma(c[0], qa[kk], kw[u][h][2 * kk], kw[u][h][2 * kk + 1]);
+#endif
+                }
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+#if KV_Q8
+                    float s = 0.0f;
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+                        s += f16_to_f32(half_of(ksw[u][2 * h + j], b)) * (c[b][j] + c[b][2 + j]);
+#else
+                    float s = c[0][j] + c[0][2 + j];
+#endif
+                    sc[u][h][j] = base + 16 * u + 8 * h + 2 * tig + j < end ? s * q_unscale : NEG_INF;
+                }
+            }
         }
-        __syncthreads();
+        if (more) load_k(next);
+
+        // Online softmax over this iteration's positions (the quad of lanes shares a head).
+        float mx = NEG_INF;
+#pragma unroll
+        for (int u = 0; u < NSUB; u++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) mx = fmaxf(mx, fmaxf(sc[u][h][0], sc[u][h][1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run, mx);  // finite: every iteration has a valid position
+        const float alpha = m_new == m_run ? 1.0f : ex2(m_run - m_new);  // 0 on the first one
+        m_run = m_new;
+        float p[NSUB][2][2];
+        float psum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < NSUB; u++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    p[u][h][j] = ex2(sc[u][h][j] - m_new);  // 0 where masked
+                    psum += p[u][h][j];
+                }
+        l_run = l_run * alpha + psum;
+        if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+#pragma unroll
+            for (int nt = 0; nt < NTILES; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[nt][e] *= alpha;
+        }
+
+        // p.v: A = weights (k = positions 2 tig + {0, 1} and + 8, as the scores lie), B = V rows.
+#pragma unroll
+        for (int u = 0; u < NSUB; u++) {
+#if KV_Q8
+            unsigned pa[NB][4], pw[2][NB];  // per scale block: weights times m; 2^e pairs for B
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                float w[4];
+                unsigned short e2[4];
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const float s = f16_to_f32(half_of(vsw[u][r], b));
+                    const unsigned e = min(__float_as_uint(s) & 0x7f800000u, (127u + 8u) << 23);
+                    w[r] = p[u][r >> 1][r & 1] * (s * __uint_as_float((254u << 23) - e)) * PSCALE;
+                    e2[r] = f32_to_f16(__uint_as_float(e));
+                }
+                split_f16x2(w[0], w[1], pa[b][0], pa[b][1]);
+                split_f16x2(w[2], w[3], pa[b][2], pa[b][3]);
+                pw[0][b] = e2[0] | (unsigned)e2[1] << 16;
+                pw[1][b] = e2[2] | (unsigned)e2[3] << 16;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NTILES; nt++) {
+                const int wi = nt / 4, by = nt % 4, b = nt / VVAL;
+                const unsigned sel = by | by << 4 | (4 + by) << 8 | (4 + by) << 12;
+                unsigned x0 = (__byte_perm(vw[u][0][wi], vw[u][1][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
+                unsigned x1 = (__byte_perm(vw[u][2][wi], vw[u][3][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
+                x0 = hmul2(hsub2(x0, Q8_MAGIC), pw[0][b]);
+                x1 = hmul2(hsub2(x1, Q8_MAGIC), pw[1][b]);
+                mma(acc[nt], pa[b], x0, x1);
+            }
+#else
+            unsigned pa[4];
+            split_f16x2(p[u][0][0] * PSCALE, p[u][0][1] * PSCALE, pa[0], pa[1]);
+            split_f16x2(p[u][1][0] * PSCALE, p[u][1][1] * PSCALE, pa[2], pa[3]);
+#pragma unroll
+            for (int nt = 0; nt < NTILES; nt++) {
+                const int wi = nt / 2;
+                const unsigned sel = nt % 2 ? 0x7632 : 0x5410;
+                mma(acc[nt], pa, __byte_perm(vw[u][0][wi], vw[u][1][wi], sel),
+                    __byte_perm(vw[u][2][wi], vw[u][3][wi], sel));
+            }
+#endif
+        }
+        if (more) load_v(next);
+        base = next;
+        have = more;
+    }
+
+    // Merge the warps: each leaves its output (relative to its own max) in shared memory.
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+#pragma unroll
+    for (int nt = 0; nt < NTILES; nt++) {
+        so[warp][gid][v_dim(nt, 2 * tig)] = (acc[nt][0] + acc[nt][2]) * (1.0f / PSCALE);
+        so[warp][gid][v_dim(nt, 2 * tig + 1)] = (acc[nt][1] + acc[nt][3]) * (1.0f / PSCALE);
+    }
+    if (tig == 0) {
+        sm[warp][gid] = m_run;  // -inf for a warp without positions: weight 0 below
+        sl[warp][gid] = l_run;
+    }
+    __syncthreads();
+    for (int i = tid; i < gb * HEAD_DIM; i += THREADS) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+        float m = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < N_WARPS; w++) m = fmaxf(m, sm[w][g]);  // finite: warp 0 had positions
+        float o = 0.0f, l = 0.0f;
+#pragma unroll
+        for (int w = 0; w < N_WARPS; w++) {
+            const float f = exp2f(sm[w][g] - m);
+            o += so[w][g][d] * f;
+            l += sl[w][g] * f;
+        }
+        const long long at = (long long)(h0 + g) * SPLITS + split;
+        part_o[at * HEAD_DIM + d] = o;
+        if (d == 0) {
+            part_ml[2 * at] = m;
+            part_ml[2 * at + 1] = l;
+        }
     }
 }
 
-// One block per query head, HEAD_DIM threads: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// One block per query head, HEAD_DIM threads: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
                                              const float* __restrict__ part_ml,
                                              const int* __restrict__ step,
@@ -174,13 +437,14 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
     pdl_trigger();
     const int h = blockIdx.x, d = threadIdx.x;
     const int seq = min(step[STEP_POS] + 1, max_seq);
-    const int splits = (seq + chunk_len(seq) - 1) / chunk_len(seq);
+    const int chunk = chunk_len(seq);
+    const int splits = (seq + chunk - 1) / chunk;
     const float* ml = part_ml + (long long)h * SPLITS * 2;
     float m = NEG_INF;
     for (int s = 0; s < splits; s++) m = fmaxf(m, ml[2 * s]);
     float l = 0.0f, acc = 0.0f;
     for (int s = 0; s < splits; s++) {
-        const float w = expf(ml[2 * s] - m);
+        const float w = exp2f(ml[2 * s] - m);
         l += ml[2 * s + 1] * w;
         acc += part_o[((long long)h * SPLITS + s) * HEAD_DIM + d] * w;
     }

@@ -271,7 +271,7 @@ def test_attention(ops, rng, nh, nkv, hd, T, score_std):
     check_attention(ops, q, k_cache, v_cache, nh, f"T={T} nh={nh} nkv={nkv} hd={hd}")
 
 
-# The longest Qwen3-8B context (max_position_embeddings 40960): many sub-chunks per split.
+# The longest Qwen3-8B context (max_position_embeddings 40960): many tiles per warp.
 @pytest.mark.parametrize("T", [40960])
 def test_attention_longest_context(ops, rng, T):
     nh, nkv, hd = 32, 8, 128

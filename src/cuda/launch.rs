@@ -465,13 +465,20 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Positions per sub-chunk: GQA x SUB scores live in shared memory.
-    const SUB: usize = 64;
+    /// Query heads sharing a KV head that one block serves (kernels/attention.cu: the 8 "hi" rows
+    /// of its mma tiles); more share a KV head in blocks of up to 8.
+    const HEADS_PER_BLOCK: usize = 8;
 
-    /// Splits per KV head: about 1024 blocks in all at long contexts, enough to keep every SM
-    /// streaming; short contexts use only as many splits as they have sub-chunks.
+    fn head_groups(shape: HeadShape) -> usize {
+        (shape.n_heads / shape.n_kv_heads.max(1)).div_ceil(Self::HEADS_PER_BLOCK).max(1)
+    }
+
+    /// Splits per KV head: about 256 blocks of 4 warps in all, i.e. about two per SM on an H100 or
+    /// H200 (the register budget of the kernel allows two), all resident at once so a long context
+    /// streams without a tail wave; each split then covers 1/32 of the sequence at the Qwen3-8B
+    /// shape. Short contexts use only as many splits as they have 16-position tiles.
     fn splits(shape: HeadShape) -> usize {
-        (1024 / shape.n_kv_heads.max(1)).clamp(16, 256)
+        (256 / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
 
     pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
@@ -480,7 +487,6 @@ impl Attention {
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
             splits: Self::splits(shape) as u32,
-            sub: Self::SUB as u32,
             kv,
         }
     }
@@ -523,10 +529,12 @@ impl Attention {
         )?;
         let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
+        let blocks = (sh.n_kv_heads * Self::head_groups(sh)) as u32;
         // SAFETY: attention_partial reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV
-        // head (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps rows 16-byte
-        // aligned) and writes the scratch entries of the splits holding positions, sized for
-        // SPLITS. attention_combine reads those same entries and writes out[0..N_HEADS*HEAD_DIM).
+        // head, and their scales for int8 (the caches hold max_seq rows, checked above;
+        // HEAD_DIM % 32 == 0 keeps rows 16-byte aligned for its vector loads) and writes the
+        // scratch entries of the splits holding positions, sized for N_HEADS x SPLITS.
+        // attention_combine reads those same entries and writes out[0..N_HEADS*HEAD_DIM).
         unsafe {
             Args::new()
                 .buf(s, q)
@@ -539,7 +547,7 @@ impl Attention {
                 .buf_mut(s, &mut self.part_ml)
                 .int(max_seq)
                 .float(scale)
-                .launch(s, &self.partial, cfg((sh.n_kv_heads as u32, self.splits as u32), 128), self.pdl)?;
+                .launch(s, &self.partial, cfg((blocks, self.splits as u32), 128), self.pdl)?;
             Args::new()
                 .buf(s, &self.part_o)
                 .buf(s, &self.part_ml)
