@@ -26,6 +26,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     python3 -m qwen3_rs bench --peers --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-e2e.log"
     python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --kv-cache-dtype q8 --contexts 4096 16384 32768 \
         2>&1 | tee -a "$OUT/bench-e2e.log"
+    python3 -m qwen3_rs bench --prefill --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-prefill.log"
 fi
 if [ "$what" = multi ]; then
     python3 -m pytest -q -rs tests/test_multi_gpu.py "$@" 2>&1 | tee "$OUT/pytest-multi.log"

@@ -74,14 +74,15 @@ def attend(q, k, v, fp16_weights=False):
     return np.einsum("hts,shd->thd", p, v[:, kv_of]).reshape(T, nh * d)
 
 
-def forward(weights, config, ids, stats=None, kv_dtype=None, prompt_fp16=False):
+def forward(weights, config, ids, stats=None, kv_dtype=None, prompt_fp16=False, fp16_weights=True):
     """Logits float64 [T, vocab] for token ids [T] at positions 0..T-1.
     If `stats` is a dict it receives per-layer maxima of |silu(gate)*up| ("mlp_act") and of the residual
     stream after the layer ("residual"), as lists. kv_dtype=np.float16 rounds k (after RoPE) and v the way
     an fp16 KV cache does, to size that error. prompt_fp16 also rounds what the batched prompt kernels round
-    to fp16: the linears' input rows (scaled per row), the dequantized weights, q and the softmax weights."""
+    to fp16: the linears' input rows (scaled per row), the dequantized weights (unless not fp16_weights), q
+    and the softmax weights."""
     w, c = weights, config
-    if prompt_fp16:
+    if prompt_fp16 and fp16_weights:
         w = {n: f16(a) if n.endswith("proj.weight") else a for n, a in w.items()}
     rows = f16_rows if prompt_fp16 else (lambda a: a)
     nh, nkv, hd, eps = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], c["rms_norm_eps"]

@@ -11,8 +11,15 @@ Error budget for engine.logits, per position (normalized error = ||engine - ref|
   error <= 3e-3 and max |err| <= 1.5e-2 x std(ref logits), per position: 2.6x / 4.4x above that emulation.
   Real bugs are far outside: wrong eps (kv2) ~0.3, rope_theta 1e4 >= 0.05 (test_reference.py), wrong
   nibble order / GQA map / q-k norm ~1, fp16 overflow (overflow fixture) inf/nan.
+engine.logits and the prompt of generate run through the batched prompt path (test_prefill_gpu.py), which
+feeds tensor cores with fp16: it also rounds each linear's input rows (after an exact per-row power-of-two
+scale), the dequantized weights, q and the softmax weights (relative 2^-11 each). The reference emulates
+those roundings too (forward(..., prompt_fp16=True)): over 129 positions the worst position of each fixture
+then has normalized error 9.0e-4 .. 4.1e-3 (tied) and max |err| 3.4e-3 .. 1.45e-2 std (tied; each rounding
+contributes about equally). Budget for the prompt path: normalized <= 6e-3 and max |err| <= 1.9e-2 std
+(1.46x / 1.31x above the emulation); token-by-token processing (prefill_chunk=0) keeps the budget above.
 Greedy decoding must then match exactly: test_reference.py checks that every fixture's greedy steps have a
-top-2 margin >= 0.04 std > 2 x 1.5e-2 std, so an engine within budget cannot flip a token.
+top-2 margin >= 0.04 std > 2 x 1.9e-2 std, so an engine within budget cannot flip a token.
 """
 
 import json
@@ -21,7 +28,14 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures import FIXTURES, GREEDY_STEPS, MAX_ERR_BUDGET, NORM_ERR_BUDGET, greedy_prompt, long_prompt
+from fixtures import (
+    FIXTURES,
+    GREEDY_STEPS,
+    PROMPT_MAX_ERR_BUDGET,
+    PROMPT_NORM_ERR_BUDGET,
+    greedy_prompt,
+    long_prompt,
+)
 from reference import forward, greedy
 
 pytestmark = pytest.mark.gpu
@@ -56,7 +70,7 @@ def ref_greedy(make_model):
     return get
 
 
-def check_logits(got, ref):
+def check_logits(got, ref, norm_budget=PROMPT_NORM_ERR_BUDGET, max_budget=PROMPT_MAX_ERR_BUDGET):
     got = np.asarray(got)
     assert got.dtype == np.float32 and got.shape == ref.shape
     assert np.isfinite(got).all()
@@ -66,8 +80,8 @@ def check_logits(got, ref):
         f"normalized error {norm_err.max():.2e} at pos {norm_err.argmax()}, "
         f"max error {max_err.max():.2e} std at pos {max_err.argmax()}"
     )
-    assert norm_err.max() <= NORM_ERR_BUDGET, worst
-    assert max_err.max() <= MAX_ERR_BUDGET, worst
+    assert norm_err.max() <= norm_budget, worst
+    assert max_err.max() <= max_budget, worst
 
 
 @pytest.mark.parametrize("name", NAMES)

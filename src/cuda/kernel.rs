@@ -222,19 +222,7 @@ impl KernelType {
             KernelType::Argmax { n } => vec![("N", n)],
             KernelType::RowsF16 { k, norm } => vec![("K", k), ("NORM", norm as u32)],
             KernelType::AwqGemm { k, n, group, epilogue } => {
-                let v: Vec<u32> = std::env::var("QWEN3_RS_GEMM_VARIANT")
-                    .unwrap_or("128,0".into())
-                    .split(',')
-                    .map(|x| x.parse().unwrap())
-                    .collect();
-                vec![
-                    ("K", k),
-                    ("N", n),
-                    ("GROUP", group),
-                    ("MODE", epilogue as u32),
-                    ("BT", v[0]),
-                    ("EXACT", v[1]),
-                ]
+                vec![("K", k), ("N", n), ("GROUP", group), ("MODE", epilogue as u32)]
             }
             KernelType::AttentionPrefill { head_dim, n_heads, n_kv_heads, kv } => {
                 let mut d = vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)];

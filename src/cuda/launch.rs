@@ -706,15 +706,6 @@ impl AwqGemm {
     /// Shared memory: 3 pipeline stages of 4 KiB of weight fragments and a 128-token x 64-input
     /// fp16 tile with a pitch of 80 halves.
     const SHARED_BYTES: usize = 3 * (8 * 32 * 16 + 128 * 80 * 2);
-    fn bt() -> usize {
-        std::env::var("QWEN3_RS_GEMM_VARIANT")
-            .unwrap_or("128,0".into())
-            .split(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
 
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
         let ty = KernelType::AwqGemm { k: k as u32, n: n as u32, group: group as u32, epilogue };
@@ -749,7 +740,7 @@ impl AwqGemm {
             &self.ty,
             || format!("{rows} rows, x {}, weight {}x{}, y {}", x.len(), w.rows, w.k, y.len()),
         )?;
-        let mut c = cfg(((w_rows / 16).div_ceil(8) as u32, rows.div_ceil(Self::bt()) as u32), 256);
+        let mut c = cfg(((w_rows / 16).div_ceil(8) as u32, rows.div_ceil(128) as u32), 256);
         c.shared_mem_bytes = Self::SHARED_BYTES as u32;
         let rows = rows as i32;
         // SAFETY: reads x[0..rows*K), x_scale[0..rows) and the tiles of w below its row count
