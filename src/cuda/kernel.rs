@@ -124,6 +124,10 @@ pub enum KernelType {
     Argmax {
         n: u32,
     },
+    /// transformers' logits processors and a seeded draw over `n` logits (kernels/sampling.cu).
+    Sample {
+        n: u32,
+    },
 }
 
 impl KernelType {
@@ -139,6 +143,7 @@ impl KernelType {
             KernelType::Attention { .. } => include_str!("../../kernels/attention.cu"),
             KernelType::Argmax { .. } => include_str!("../../kernels/argmax.cu"),
             KernelType::KvDequant { .. } => include_str!("../../kernels/kv_dequant.cu"),
+            KernelType::Sample { .. } => include_str!("../../kernels/sampling.cu"),
         }
     }
 
@@ -154,6 +159,7 @@ impl KernelType {
             KernelType::Attention { .. } => &["attention_partial", "attention_combine"],
             KernelType::Argmax { .. } => &["argmax"],
             KernelType::KvDequant { .. } => &["kv_dequant"],
+            KernelType::Sample { .. } => &["sample"],
         }
     }
 
@@ -198,6 +204,7 @@ impl KernelType {
                 d
             }
             KernelType::Argmax { n } => vec![("N", n)],
+            KernelType::Sample { n } => vec![("N", n)],
         }
     }
 
