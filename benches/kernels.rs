@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qwen3_rs::bench::{attention_case, attention_prefill_case, gemm_cases, gemv_cases, Case};
+use qwen3_rs::bench::{attention_case, attention_prefill_case, gemm_cases, gemv_cases, sampling_cases, Case};
 use qwen3_rs::cuda::executor::{device_count, Executor};
 use qwen3_rs::cuda::kernel::KvDtype;
 
@@ -75,6 +75,9 @@ fn kernels(c: &mut Criterion) {
     }
     for dtype in [KvDtype::Fp16, KvDtype::Q8] {
         let case = attention_prefill_case(&ex, 2048, dtype).expect("prefill attention case");
+        run_case(c, &ex, copy_bw, case, &mut summary);
+    }
+    for case in sampling_cases(&ex).expect("sampling cases") {
         run_case(c, &ex, copy_bw, case, &mut summary);
     }
     println!("\n{}", summary.join("\n"));

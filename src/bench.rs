@@ -205,3 +205,62 @@ pub fn attention_prefill_case(ex: &Executor, m: usize, dtype: KvDtype) -> Result
         run: Box::new(move |ex| attention.launch(ex.stream(), &q, &cache, &step, m, &mut out)),
     })
 }
+
+/// The sampler over Qwen3-8B's 151,936 logits: the argmax kernel, and the sampling kernel with
+/// temperature alone, with top_p alone, with Qwen3's recommended settings (temperature 0.6, top_k
+/// 20, top_p 0.95) and with every processor on.
+pub fn sampling_cases(ex: &Executor) -> Result<Vec<Case>> {
+    use crate::cuda::launch::{Argmax, Sample};
+    use crate::sampler::{presence_bitmap, SamplingOptions};
+
+    let n = 151936;
+    // Logits spread like a model's (about +-4), a few far above the rest.
+    let mut logits = random_floats(n, 21);
+    for (i, x) in logits.iter_mut().enumerate() {
+        *x *= 8.0;
+        if i % 9973 == 0 {
+            *x += 12.0;
+        }
+    }
+    let x = ex.upload(&logits, "logits")?;
+    let sampling = |temperature, top_k, top_p, min_p, repetition_penalty| SamplingOptions {
+        do_sample: true,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        seed: Some(1),
+    };
+    let settings = [
+        ("sample temperature 0.8", sampling(0.8, 0, 1.0, 0.0, 1.0)),
+        ("sample top_p 0.9", sampling(1.0, 0, 0.9, 0.0, 1.0)),
+        ("sample t0.6 top_k 20 top_p 0.95", sampling(0.6, 20, 0.95, 0.0, 1.0)),
+        ("sample all processors", sampling(0.7, 50, 0.9, 0.05, 1.1)),
+    ];
+    let mut cases = Vec::new();
+    let argmax = Argmax::new(ex, n)?;
+    let (x1, mut step) = (x.clone(), ex.zeros::<i32>(STEP_LEN, "step")?);
+    cases.push(Case {
+        name: "argmax 151936".into(),
+        bytes: n * 4,
+        flops: 0,
+        run: Box::new(move |ex| argmax.launch(ex.stream(), &x1, &mut step, true)),
+    });
+    let present: Vec<u32> = (0..2000).map(|i| i * 71 % n as u32).collect();
+    for (name, opts) in settings {
+        let kernel = Sample::new(ex, n)?;
+        let params = ex.upload(&opts.device_params(n, 1), "sampling parameters")?;
+        let mut presence = ex.upload(&presence_bitmap(n, &present), "presence flags")?;
+        let mut step = ex.zeros::<i32>(STEP_LEN, "step")?;
+        let x = x.clone();
+        cases.push(Case {
+            name: name.into(),
+            bytes: n * 4,
+            flops: 0,
+            run: Box::new(move |ex| kernel.launch(ex.stream(), &x, &params, &mut presence, &mut step)),
+        });
+    }
+    ex.synchronize()?;
+    Ok(cases)
+}

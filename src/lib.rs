@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod ops;
 pub mod placement;
+pub mod sampler;
 pub mod weights;
 
 #[cfg(feature = "python")]
@@ -19,3 +20,4 @@ mod python;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
+pub use sampler::SamplingOptions;

@@ -317,3 +317,40 @@ pub fn argmax(ex: &Executor, x: &[f32]) -> Result<u32> {
     launch::Argmax::new(ex, x.len())?.launch(ex.stream(), &xd, &mut out, false)?;
     Ok(ex.download(&out)?[0] as u32)
 }
+
+/// The sampling kernel on host logits: one draw per entry of `positions` (the draw's counter, as
+/// a decode step's position), each starting from the presence flags of `present` (the tokens the
+/// repetition penalty applies to). Returns the sampled tokens.
+pub fn sample(
+    ex: &Executor,
+    logits: &[f32],
+    opts: &crate::sampler::SamplingOptions,
+    seed: u64,
+    present: &[u32],
+    positions: &[i32],
+) -> Result<Vec<u32>> {
+    let n = logits.len();
+    ensure(n > 0, || "sampling from an empty array".into())?;
+    opts.validate()?;
+    if let Some(t) = present.iter().find(|&&t| t as usize >= n) {
+        return Err(crate::Error::InvalidArgument(format!("present token {t} is outside [0, {n})")));
+    }
+    let bits = crate::sampler::presence_bitmap(n, present);
+    let x = ex.upload(logits, "logits")?;
+    let params = ex.upload(&opts.device_params(n, seed), "sampling parameters")?;
+    let mut presence = ex.upload(&bits, "presence flags")?;
+    let mut step = ex.zeros::<i32>(STEP_LEN, "step")?;
+    let kernel = launch::Sample::new(ex, n)?;
+    let mut out = Vec::with_capacity(positions.len());
+    for &pos in positions {
+        ex.stream().memcpy_htod(&bits, &mut presence)?;
+        ex.stream().memcpy_htod(&[0, pos], &mut step)?;
+        kernel.launch(ex.stream(), &x, &params, &mut presence, &mut step)?;
+        let s = ex.download(&step)?;
+        if s[1] != pos.wrapping_add(1) {
+            return Err(crate::Error::Internal(format!("the sampler left position {} after {pos}", s[1])));
+        }
+        out.push(s[0] as u32);
+    }
+    Ok(out)
+}

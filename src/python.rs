@@ -10,15 +10,16 @@ use numpy::prelude::*;
 use numpy::{Element, PyArray1, PyArray2, PyArray3, PyReadonlyArray1};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::config::Qwen3Config;
 use crate::cuda::executor::{self, Executor};
 use crate::cuda::kernel::{Epilogue, KvDtype};
 use crate::cuda::launch::HeadShape;
-use crate::engine::{Engine, EngineOptions, DEFAULT_PREFILL_CHUNK};
+use crate::engine::{Engine, EngineOptions, GenerateOptions, LoadEvent, DEFAULT_PREFILL_CHUNK};
 use crate::error::Error;
 use crate::ops;
+use crate::sampler::SamplingOptions;
 
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let class = match &e {
@@ -83,8 +84,134 @@ fn non_negative(name: &str, v: i64) -> PyResult<usize> {
     })
 }
 
+fn invalid(py: Python<'_>, msg: String) -> PyErr {
+    to_py(py, Error::InvalidArgument(msg))
+}
+
+/// Sampling options from keyword arguments with transformers' names (None: the option is off,
+/// or its default for temperature and do_sample), and the eos override.
+fn sampling_kwargs(
+    py: Python<'_>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(SamplingOptions, Option<Vec<u32>>)> {
+    let mut o = SamplingOptions::default();
+    let mut eos = None;
+    let Some(kwargs) = kwargs else { return Ok((o, eos)) };
+    for (k, v) in kwargs.iter() {
+        let key: String = k.extract()?;
+        let type_name = || v.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+        let number = |name: &str| -> PyResult<f32> {
+            if v.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(PyTypeError::new_err(format!("{name} must be a number, got a bool")));
+            }
+            v.extract::<f64>()
+                .map(|x| x as f32)
+                .map_err(|_| PyTypeError::new_err(format!("{name} must be a number, got {}", type_name())))
+        };
+        let repr = || v.repr().map(|r| r.to_string()).unwrap_or_default();
+        let int = |name: &str| -> PyResult<i64> {
+            if v.is_instance_of::<pyo3::types::PyBool>() || !v.hasattr("__index__")? {
+                return Err(PyTypeError::new_err(format!("{name} must be an int, got {}", type_name())));
+            }
+            v.extract::<i64>().map_err(|_| invalid(py, format!("{name} {} is out of range", repr())))
+        };
+        let none = v.is_none();
+        match key.as_str() {
+            "do_sample" => {
+                o.do_sample = !none
+                    && v.extract::<bool>().map_err(|_| {
+                        PyTypeError::new_err(format!("do_sample must be a bool, got {}", type_name()))
+                    })?
+            }
+            "temperature" => o.temperature = if none { 1.0 } else { number("temperature")? },
+            "top_p" => o.top_p = if none { 1.0 } else { number("top_p")? },
+            "min_p" => o.min_p = if none { 0.0 } else { number("min_p")? },
+            "repetition_penalty" => {
+                o.repetition_penalty = if none { 1.0 } else { number("repetition_penalty")? }
+            }
+            "top_k" => {
+                let k = if none { 0 } else { int("top_k")? };
+                o.top_k = usize::try_from(k)
+                    .map_err(|_| invalid(py, format!("top_k must be >= 0 (0 turns it off), got {k}")))?;
+            }
+            "seed" => {
+                o.seed = if none {
+                    None
+                } else {
+                    let bad = || invalid(py, format!("seed must be an int in [0, 2**64), got {}", repr()));
+                    if v.is_instance_of::<pyo3::types::PyBool>() || !v.hasattr("__index__")? {
+                        return Err(bad());
+                    }
+                    Some(v.extract::<u64>().map_err(|_| bad())?)
+                }
+            }
+            "eos_token_id" => {
+                eos = if none {
+                    None
+                } else {
+                    let ids: Vec<i64> = match v.extract::<i64>() {
+                        Ok(one) => vec![one],
+                        Err(_) => v.extract().map_err(|_| {
+                            PyTypeError::new_err(format!(
+                                "eos_token_id must be an int or a list of ints, got {}",
+                                type_name()
+                            ))
+                        })?,
+                    };
+                    let ids = ids
+                        .into_iter()
+                        .map(|t| {
+                            u32::try_from(t)
+                                .map_err(|_| invalid(py, format!("eos_token_id {t} is not a token id")))
+                        })
+                        .collect::<PyResult<Vec<u32>>>()?;
+                    Some(ids)
+                }
+            }
+            _ => {
+                return Err(PyTypeError::new_err(format!("unexpected keyword argument {key:?}")));
+            }
+        }
+    }
+    o.validate().map_err(|e| to_py(py, e))?;
+    Ok((o, eos))
+}
+
+fn generate_options(
+    py: Python<'_>,
+    max_new_tokens: i64,
+    ignore_eos: bool,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<GenerateOptions> {
+    let max_new_tokens = non_negative("max_new_tokens", max_new_tokens)?;
+    let (sampling, eos_token_ids) = sampling_kwargs(py, kwargs)?;
+    Ok(GenerateOptions { max_new_tokens, ignore_eos, eos_token_ids, sampling })
+}
+
+/// Runs `f` without the GIL, giving it a check that raises pending Python signals (Ctrl-C) as
+/// `Error::Interrupted`; the Python exception itself is what the caller gets.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> crate::Result<()>) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut raised: Option<PyErr> = None;
+    let out = detached(py, || {
+        let mut check = || {
+            Python::attach(|py| py.check_signals()).map_err(|e| {
+                raised = Some(e);
+                Error::Interrupted
+            })
+        };
+        f(&mut check)
+    });
+    match raised {
+        Some(e) => Err(e),
+        None => out,
+    }
+}
+
 /// A Qwen3 AWQ model loaded on a GPU.
-#[pyclass(name = "Qwen3Engine", module = "qwen3_rs")]
+#[pyclass(name = "Qwen3Engine", module = "qwen3_rs", subclass)]
 struct PyEngine {
     inner: Arc<Mutex<Engine>>,
     config: Py<PyAny>,
@@ -95,7 +222,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (
         model_path, device = 0, max_seq_len = None, kv_cache_dtype = "fp16", cuda_graphs = true,
-        devices = None, layer_devices = None, prefill_chunk = DEFAULT_PREFILL_CHUNK as i64
+        devices = None, layer_devices = None, prefill_chunk = DEFAULT_PREFILL_CHUNK as i64, on_event = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -108,6 +235,7 @@ impl PyEngine {
         devices: Option<Vec<i64>>,
         layer_devices: Option<Vec<i64>>,
         prefill_chunk: i64,
+        on_event: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let list = |name: &str, v: Vec<i64>| {
             v.into_iter().map(|d| non_negative(name, d)).collect::<PyResult<Vec<_>>>()
@@ -132,7 +260,29 @@ impl PyEngine {
             kv_cache_dtype: kv_dtype(py, kv_cache_dtype)?,
             prefill_chunk: non_negative("prefill_chunk", prefill_chunk)?,
         };
-        let engine = detached(py, || Engine::load(&model_path, &opts))?;
+        // on_event(kind, done, total, name, cached, seconds): kind "kernel" (name, cached, seconds
+        // set) or "layers". An exception from it ends the load and is raised here.
+        let mut raised: Option<PyErr> = None;
+        let loaded = detached(py, || {
+            let mut report = |e: LoadEvent| -> crate::Result<()> {
+                let Some(f) = &on_event else { return Ok(()) };
+                let args = match e {
+                    LoadEvent::Kernel { done, total, name, cached, seconds } => {
+                        ("kernel", done, total, name, cached, seconds)
+                    }
+                    LoadEvent::Layers { done, total } => ("layers", done, total, String::new(), false, 0.0),
+                };
+                Python::attach(|py| f.call1(py, args).map(|_| ())).map_err(|err| {
+                    raised = Some(err);
+                    Error::Interrupted
+                })
+            };
+            Engine::load_with(&model_path, &opts, &mut report)
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        let engine = loaded?;
         let logger = py.import("logging")?.call_method1("getLogger", ("qwen3_rs",))?;
         for w in &engine.warnings {
             logger.call_method1("warning", (format!("{}: {w}", model_path.display()),))?;
@@ -141,33 +291,47 @@ impl PyEngine {
         Ok(PyEngine { inner: Arc::new(Mutex::new(engine)), config })
     }
 
-    /// Greedy continuation of `ids`; returns the new token ids only.
-    #[pyo3(signature = (ids, max_new_tokens = 20, ignore_eos = false))]
+    /// Continuation of `ids` (greedy unless `do_sample=True`); returns the new token ids only, as a
+    /// list or, with `return_numpy`, an int64 array. Sampling keywords: transformers' names.
+    #[pyo3(signature = (ids, max_new_tokens = 20, ignore_eos = false, return_numpy = false, **sampling))]
     fn generate(
         &self,
         py: Python<'_>,
         ids: &Bound<'_, PyAny>,
         max_new_tokens: i64,
         ignore_eos: bool,
-    ) -> PyResult<Vec<u32>> {
+        return_numpy: bool,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
         let ids = token_ids(ids)?;
-        let n = non_negative("max_new_tokens", max_new_tokens)?;
+        let opts = generate_options(py, max_new_tokens, ignore_eos, sampling)?;
         let inner = self.inner.clone();
         // Ctrl-C: Python's signal handlers run between tokens; their exception ends generation.
-        let mut raised: Option<PyErr> = None;
-        let out = detached(py, || {
-            let mut check = || {
-                Python::attach(|py| py.check_signals()).map_err(|e| {
-                    raised = Some(e);
-                    Error::Interrupted
-                })
-            };
-            lock(&inner)?.generate_until(&ids, n, ignore_eos, &mut check)
-        });
-        match raised {
-            Some(e) => Err(e),
-            None => out,
+        let out = interruptible(py, |check| lock(&inner)?.generate_with(&ids, &opts, check))?;
+        if return_numpy {
+            let wide: Vec<i64> = out.into_iter().map(i64::from).collect();
+            Ok(PyArray1::from_vec(py, wide).into_any().unbind())
+        } else {
+            Ok(out.into_pyobject(py)?.into_any().unbind())
         }
+    }
+
+    /// Starts a generation and returns an iterator over its new token ids, one decode step per
+    /// item (the GIL released during each). Same arguments as `generate`.
+    #[pyo3(signature = (ids, max_new_tokens = 20, ignore_eos = false, **sampling))]
+    fn stream_ids(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        max_new_tokens: i64,
+        ignore_eos: bool,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<TokenStream> {
+        let ids = token_ids(ids)?;
+        let opts = generate_options(py, max_new_tokens, ignore_eos, sampling)?;
+        let inner = self.inner.clone();
+        let id = interruptible(py, |check| lock(&inner)?.start(&ids, &opts, check))?;
+        Ok(TokenStream { inner: self.inner.clone(), id })
     }
 
     /// Logits at every position of `ids`: float32 array [len(ids), vocab_size].
@@ -264,6 +428,41 @@ impl PyEngine {
         };
         Ok((dims(k)?, dims(v)?))
     }
+}
+
+/// The new token ids of one generation, produced as they are read (`Qwen3Engine.stream_ids`).
+/// Starting another generation on the engine, or computing logits, ends it.
+#[pyclass(module = "qwen3_rs")]
+struct TokenStream {
+    inner: Arc<Mutex<Engine>>,
+    id: u64,
+}
+
+#[pymethods]
+impl TokenStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        let (inner, id) = (self.inner.clone(), self.id);
+        detached(py, move || lock(&inner)?.next_token(id))
+    }
+
+    /// True once the last token has been returned (eos or max_new_tokens reached).
+    #[getter]
+    fn finished(&self, py: Python<'_>) -> PyResult<bool> {
+        let (inner, id) = (self.inner.clone(), self.id);
+        detached(py, move || Ok(lock(&inner)?.is_finished(id)))
+    }
+}
+
+/// Checks sampling keyword arguments as `generate` does, without an engine; raises
+/// `InvalidArgumentError` (a ValueError) naming the argument, or TypeError.
+#[pyfunction]
+#[pyo3(signature = (**sampling))]
+fn check_sampling(py: Python<'_>, sampling: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    sampling_kwargs(py, sampling).map(|_| ())
 }
 
 fn lock(m: &Mutex<Engine>) -> crate::Result<std::sync::MutexGuard<'_, Engine>> {
@@ -737,9 +936,30 @@ fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, device: usize) -> PyResult<u32> 
     detached(py, move || ops::argmax(&*executor_for(device)?, &x))
 }
 
+/// The sampling kernel: one draw per position of `positions` from `logits`, each with the
+/// repetition penalty applying to the tokens in `present`. Sampling keywords as `generate`.
+#[pyfunction]
+#[pyo3(signature = (logits, positions, seed = 0, present = None, device = 0, **sampling))]
+fn sample(
+    py: Python<'_>,
+    logits: &Bound<'_, PyAny>,
+    positions: Vec<i32>,
+    seed: u64,
+    present: Option<Vec<u32>>,
+    device: usize,
+    sampling: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<u32>> {
+    let x = f32s(logits)?;
+    let (opts, _) = sampling_kwargs(py, sampling)?;
+    let present = present.unwrap_or_default();
+    detached(py, move || ops::sample(&*executor_for(device)?, &x, &opts, seed, &present, &positions))
+}
+
 #[pymodule]
 fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
+    m.add_class::<TokenStream>()?;
+    m.add_function(wrap_pyfunction!(check_sampling, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(compile_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
@@ -758,6 +978,7 @@ fn _qwen3_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     o.add_function(wrap_pyfunction!(awq_gemm, &o)?)?;
     o.add_function(wrap_pyfunction!(attention_prefill, &o)?)?;
     o.add_function(wrap_pyfunction!(argmax, &o)?)?;
+    o.add_function(wrap_pyfunction!(sample, &o)?)?;
     o.add_function(wrap_pyfunction!(kv_dequant, &o)?)?;
     o.add_function(wrap_pyfunction!(panic_in_core, &o)?)?;
     m.add_submodule(&o)?;

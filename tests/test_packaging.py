@@ -46,12 +46,12 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert "Qwen3Engine" in probe.stdout
     meta = run([python, "-m", "pip", "show", "qwen3-rs"])
-    assert "Requires: numpy, nvidia-cuda-nvrtc" in meta.stdout, meta.stdout
+    assert "Requires: numpy, nvidia-cuda-nvrtc, tokenizers" in meta.stdout, meta.stdout
 
 
 def test_command_line_help():
     out = run([sys.executable, "-m", "qwen3_rs", "--help"])
-    assert out.returncode == 0 and "bench" in out.stdout, out.stderr
+    assert out.returncode == 0 and all(c in out.stdout for c in ("generate", "chat", "bench")), out.stderr
     out = run([sys.executable, "-m", "qwen3_rs", "bench", "--help"])
     assert out.returncode == 0 and "--kv-cache-dtype" in out.stdout and "--multi-gpu" in out.stdout
 

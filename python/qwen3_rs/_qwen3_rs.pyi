@@ -1,14 +1,29 @@
 """Type stubs of the compiled core."""
 
 import os
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
 
-TokenIds = Union[Sequence[int], npt.NDArray[np.integer]]
+TokenIds = Union[Sequence[int], npt.NDArray[np.integer], Any]
+"""A list of ints, a 1-D integer numpy array, or anything numpy.asarray accepts (e.g. a CPU torch tensor)."""
+
+# on_event(kind, done, total, name, cached, seconds): kind "kernel" or "layers".
+LoadCallback = Callable[[str, int, int, str, bool, float], object]
+
+class TokenStream:
+    """The new token ids of one generation, each read as the decode step producing it finishes.
+    Starting another generation on the engine, or computing logits, ends it (next() then raises
+    InvalidArgumentError)."""
+
+    def __iter__(self) -> TokenStream: ...
+    def __next__(self) -> int: ...
+    @property
+    def finished(self) -> bool:
+        """True once the last token has been returned (eos or max_new_tokens reached)."""
 
 class Qwen3Engine:
     """A Qwen3 AWQ 4-bit checkpoint (Hugging Face format) loaded on one GPU.
@@ -27,6 +42,7 @@ class Qwen3Engine:
         devices: Sequence[int] | None = None,
         layer_devices: Sequence[int] | None = None,
         prefill_chunk: int = 1024,
+        on_event: LoadCallback | None = None,
     ) -> None:
         """Loads `model_path` onto GPU `device`, or over `devices` (layers in contiguous ranges
         balanced by free memory), or as `layer_devices` says (one device per layer).
@@ -34,13 +50,49 @@ class Qwen3Engine:
         once; `kv_cache_dtype` is "fp16" or "q8" (int8 with an fp16 scale per 64 values, 51.6% of
         the fp16 bytes); `cuda_graphs` replays each decode step from captured CUDA graphs.
         Prompts run through batched tensor-core kernels `prefill_chunk` positions at a time (which
-        bounds their activation memory); 0 processes them one position at a time."""
-    def generate(self, ids: TokenIds, max_new_tokens: int = 20, ignore_eos: bool = False) -> list[int]:
-        """Greedy continuation of `ids` from a fresh sequence; returns the new token ids only.
+        bounds their activation memory); 0 processes them one position at a time.
+        `on_event` is called as kernels become ready and layers load; an exception from it ends the load."""
+    def generate(
+        self,
+        ids: TokenIds,
+        max_new_tokens: int = 20,
+        ignore_eos: bool = False,
+        return_numpy: bool = False,
+        *,
+        do_sample: bool = False,
+        temperature: float | None = 1.0,
+        top_k: int | None = 50,
+        top_p: float | None = 1.0,
+        min_p: float | None = None,
+        repetition_penalty: float | None = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+    ) -> Any:
+        """Continuation of `ids` from a fresh sequence; returns the new token ids only (a list, or an
+        int64 array with `return_numpy`).
 
-        Stops after an eos token of generation_config.json (included in the result) unless
-        `ignore_eos`.
+        Greedy unless `do_sample`. Sampling keywords have transformers' names and meanings
+        (processors in its order: repetition_penalty, temperature, top_k, top_p, min_p); None turns
+        one off. The same `seed` gives the same tokens. Stops after an eos token (included) of
+        generation_config.json, or of `eos_token_id` when given, unless `ignore_eos`. Bad values
+        raise InvalidArgumentError (a ValueError) naming the argument.
         """
+    def stream_ids(
+        self,
+        ids: TokenIds,
+        max_new_tokens: int = 20,
+        ignore_eos: bool = False,
+        *,
+        do_sample: bool = False,
+        temperature: float | None = 1.0,
+        top_k: int | None = 50,
+        top_p: float | None = 1.0,
+        min_p: float | None = None,
+        repetition_penalty: float | None = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+    ) -> TokenStream:
+        """Runs the prompt and returns an iterator over the new token ids (arguments as `generate`)."""
     def logits(self, ids: TokenIds) -> npt.NDArray[np.float32]:
         """Logits at every position of `ids`, shape [len(ids), vocab_size]."""
     def time_decode(self, context: int, steps: int = 64) -> float:
@@ -67,6 +119,20 @@ class Qwen3Engine:
     def kv_cache(self, layer: int, length: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """One layer's cached (K, V) for the first `length` positions of the last sequence, as fp32
         arrays [num_key_value_heads, length, head_dim]."""
+
+def check_sampling(
+    *,
+    do_sample: bool = False,
+    temperature: float | None = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 1.0,
+    min_p: float | None = None,
+    repetition_penalty: float | None = 1.0,
+    seed: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+) -> None:
+    """Checks sampling keywords as `generate` does, without a GPU: InvalidArgumentError (a ValueError)
+    naming the argument and value, or TypeError."""
 
 def cuda_device_count() -> int:
     """Number of visible CUDA devices (0 without a driver or GPU)."""

@@ -159,26 +159,35 @@ impl Executor {
 
     /// Loads an entry point of a kernel, compiling the module on first use.
     pub fn function(&self, kernel: KernelType, entry: &str) -> Result<CudaFunction> {
+        Ok(self.module(kernel)?.0.load_function(entry)?)
+    }
+
+    /// Compiles (or reads from the disk cache) and loads `kernel`'s module ahead of its first use.
+    /// Returns whether no compilation was needed (already loaded, or found in the disk cache).
+    pub fn prepare(&self, kernel: KernelType) -> Result<bool> {
+        Ok(self.module(kernel)?.1)
+    }
+
+    fn module(&self, kernel: KernelType) -> Result<(Arc<CudaModule>, bool)> {
         let cached = self
             .modules
             .read()
             .map_err(|_| Error::Internal("kernel cache lock poisoned".into()))?
             .get(&kernel)
             .cloned();
-        let module = match cached {
-            Some(m) => m,
-            None => {
-                let compiled = compile::compile(&kernel, &self.arch, self.cache_dir.as_deref())?;
-                let module = self.ctx.load_module(Ptx::from_binary(compiled.cubin))?;
-                self.modules
-                    .write()
-                    .map_err(|_| Error::Internal("kernel cache lock poisoned".into()))?
-                    .entry(kernel)
-                    .or_insert(module)
-                    .clone()
-            }
-        };
-        Ok(module.load_function(entry)?)
+        if let Some(m) = cached {
+            return Ok((m, true));
+        }
+        let compiled = compile::compile(&kernel, &self.arch, self.cache_dir.as_deref())?;
+        let module = self.ctx.load_module(Ptx::from_binary(compiled.cubin))?;
+        let module = self
+            .modules
+            .write()
+            .map_err(|_| Error::Internal("kernel cache lock poisoned".into()))?
+            .entry(kernel)
+            .or_insert(module)
+            .clone();
+        Ok((module, compiled.from_disk_cache))
     }
 
     /// A zeroed device buffer; `what` names it in an out-of-memory error.

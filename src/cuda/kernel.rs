@@ -141,6 +141,10 @@ pub enum KernelType {
         n_kv_heads: u32,
         kv: KvDtype,
     },
+    /// transformers' logits processors and a seeded draw over `n` logits (kernels/sampling.cu).
+    Sample {
+        n: u32,
+    },
 }
 
 impl KernelType {
@@ -159,6 +163,7 @@ impl KernelType {
             KernelType::RowsF16 { .. } => include_str!("../../kernels/rows_f16.cu"),
             KernelType::AwqGemm { .. } => include_str!("../../kernels/awq_gemm.cu"),
             KernelType::AttentionPrefill { .. } => include_str!("../../kernels/attention_prefill.cu"),
+            KernelType::Sample { .. } => include_str!("../../kernels/sampling.cu"),
         }
     }
 
@@ -177,6 +182,7 @@ impl KernelType {
             KernelType::RowsF16 { .. } => &["rows_f16"],
             KernelType::AwqGemm { .. } => &["awq_gemm"],
             KernelType::AttentionPrefill { .. } => &["attention_prefill"],
+            KernelType::Sample { .. } => &["sample"],
         }
     }
 
@@ -229,6 +235,7 @@ impl KernelType {
                 d.extend(kv_defines(kv, head_dim));
                 d
             }
+            KernelType::Sample { n } => vec![("N", n)],
         }
     }
 

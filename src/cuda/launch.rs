@@ -691,6 +691,64 @@ impl RowsF16 {
     }
 }
 
+/// transformers' logits processors and a seeded draw (kernels/sampling.cu). Its options are in
+/// device memory (`params`, written before generation) so one captured launch serves every step.
+pub struct Sample {
+    ty: KernelType,
+    pdl: bool,
+    f: CudaFunction,
+    n: usize,
+}
+
+impl Sample {
+    pub fn new(ex: &Executor, n: usize) -> Result<Self> {
+        let ty = KernelType::Sample { n: n as u32 };
+        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "sample")?, n })
+    }
+
+    /// Picks a token from logits[0..n) by `params` (`SamplingOptions::device_params`), the
+    /// repetition penalty applying to the tokens flagged in `presence`; writes it into step[0],
+    /// adds one to step[1] (whose value before seeds the draw) and flags the token in `presence`.
+    pub fn launch(
+        &self,
+        s: &CudaStream,
+        logits: &CudaSlice<f32>,
+        params: &CudaSlice<u32>,
+        presence: &mut CudaSlice<u32>,
+        step: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        check(
+            self.n <= 1024 * 1024
+                && logits.len() >= self.n
+                && params.len() >= crate::sampler::PARAM_WORDS
+                && presence.len() >= crate::sampler::presence_words(self.n)
+                && step.len() >= STEP_LEN,
+            &self.ty,
+            || {
+                format!(
+                    "logits {}, params {}, presence {}, step {}",
+                    logits.len(),
+                    params.len(),
+                    presence.len(),
+                    step.len()
+                )
+            },
+        )?;
+        // SAFETY: one block of 1024 threads (the kernel's fixed size) reads logits[0..N), the
+        // PARAM_WORDS parameter words and presence words [0, N/32), reads and writes step[0..2) and
+        // one presence word of the sampled token (< N); all lengths checked above. Shared memory is
+        // static (16.5 KiB).
+        unsafe {
+            Args::new().buf(s, logits).buf(s, params).buf_mut(s, presence).buf_mut(s, step).launch(
+                s,
+                &self.f,
+                cfg((1, 1), 1024),
+                self.pdl,
+            )
+        }
+    }
+}
+
 /// The tensor-core W4A16 GEMM of prompt processing (kernels/awq_gemm.cu).
 pub struct AwqGemm {
     ty: KernelType,

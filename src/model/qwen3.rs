@@ -16,12 +16,13 @@ use crate::cuda::executor::Executor;
 use crate::cuda::kernel::{Epilogue, KernelType, KvDtype};
 use crate::cuda::launch::{
     Argmax, Attention, AttentionPrefill, AwqGemm, AwqGemv, Embedding, HalfGemv, HeadShape, KvDequant,
-    QkNormRope, RmsNorm, RowsF16, STEP_LEN,
+    QkNormRope, RmsNorm, RowsF16, Sample, STEP_LEN,
 };
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::awq_linear::{halves, AwqLinear, Stacking};
 use crate::placement::{ModelBytes, Placement};
+use crate::sampler::{presence_words, Sampler, PARAM_WORDS};
 use crate::weights::{awq_linears, Checkpoint};
 
 struct Layer {
@@ -49,6 +50,7 @@ struct Kernels {
     down_proj: AwqGemv,
     lm_head: HalfGemv,
     argmax: Argmax,
+    sample: Sample,
 }
 
 /// Activations, all fp32 so values beyond the fp16 range survive.
@@ -103,10 +105,13 @@ pub enum PromptLogits<'a> {
     All(&'a mut Vec<f32>),
 }
 
-/// The final norm and the lm_head; None when tied to embeddings on the same device.
+/// The final norm and the lm_head (None when tied to embeddings on the same device), and the
+/// sampler's state: its parameters and the presence flags of the repetition penalty.
 struct Head {
     norm: CudaSlice<u16>,
     lm_head: Option<CudaSlice<u16>>,
+    sample_params: CudaSlice<u32>,
+    presence: CudaSlice<u32>,
 }
 
 /// How a model is set up.
@@ -142,8 +147,9 @@ struct Segment {
     head: Option<Head>,
     /// Batched prompt processing; None where the shapes need the token-by-token path.
     prefill: Option<Prefill>,
-    /// The decode step of this segment (with sampling on the last one), captured on first use.
-    graph: Option<Graph>,
+    /// The decode step of this segment, captured on first use; on the last segment one per
+    /// `Sampler` (indexed by it).
+    graphs: [Option<Graph>; 2],
     /// Recorded after this segment's work when another device reads its output.
     ready: CudaEvent,
 }
@@ -189,7 +195,8 @@ impl Qwen3Model {
     }
 
     /// Uploads a validated checkpoint onto the devices of `placement` (`executors[i]` runs device
-    /// `devices[i]`).
+    /// `devices[i]`). `progress(layers loaded, layers)` is called after each layer; an error from it
+    /// ends the load.
     pub fn load(
         executors: &[Arc<Executor>],
         devices: &[usize],
@@ -197,6 +204,7 @@ impl Qwen3Model {
         config: Qwen3Config,
         ckpt: &Checkpoint,
         opts: &ModelOptions,
+        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<Self> {
         let c = &config;
         let plan = placement.segments();
@@ -208,9 +216,11 @@ impl Qwen3Model {
                 .map(|j| executors[j].clone())
                 .ok_or_else(|| Error::Internal(format!("no executor for device {device}")))?;
             let f16 = |name: &str| -> Result<CudaSlice<u16>> { ex.upload(&halves(ckpt, name)?, name) };
-            let layers = (first_layer..first_layer + count)
-                .map(|l| load_layer(&ex, c, ckpt, l))
-                .collect::<Result<_>>()?;
+            let mut layers = Vec::with_capacity(count);
+            for l in first_layer..first_layer + count {
+                layers.push(load_layer(&ex, c, ckpt, l)?);
+                progress(l + 1, c.num_hidden_layers)?;
+            }
             let embed_tokens = if i == 0 { Some(f16("model.embed_tokens.weight")?) } else { None };
             let head = if i + 1 == plan.len() {
                 let lm_head = match (c.tie_word_embeddings, i) {
@@ -218,7 +228,12 @@ impl Qwen3Model {
                     (true, _) => Some(f16("model.embed_tokens.weight")?),
                     (false, _) => Some(f16("lm_head.weight")?),
                 };
-                Some(Head { norm: f16("model.norm.weight")?, lm_head })
+                Some(Head {
+                    norm: f16("model.norm.weight")?,
+                    lm_head,
+                    sample_params: ex.zeros(PARAM_WORDS, "sampling parameters")?,
+                    presence: ex.zeros(presence_words(c.vocab_size), "sampling presence flags")?,
+                })
             } else {
                 None
             };
@@ -238,7 +253,7 @@ impl Qwen3Model {
                 layers,
                 embed_tokens,
                 head,
-                graph: None,
+                graphs: [None, None],
                 ready,
             });
         }
@@ -346,7 +361,7 @@ impl Qwen3Model {
         }
         for i in 0..self.segments.len() {
             pass_hidden(&mut self.segments, i)?;
-            self.segments[i].forward(&self.config, want_logits, false)?;
+            self.segments[i].forward(&self.config, want_logits, None)?;
         }
         Ok(())
     }
@@ -401,7 +416,7 @@ impl Qwen3Model {
                     let row = p.b.hidden.slice(r * h..(r + 1) * h);
                     seg.ex.stream().memcpy_dtod(&row, &mut seg.b.hidden)?;
                 }
-                seg.head(&self.config, false)?;
+                seg.head(&self.config, None)?;
                 if let Some(v) = all.as_deref_mut() {
                     v.extend(self.logits()?);
                 }
@@ -417,25 +432,65 @@ impl Qwen3Model {
     /// Greedy sampling on the device: the step's token becomes the argmax of the last logits and
     /// its position advances by one, ready for `decode_greedy`.
     pub fn sample_greedy(&mut self) -> Result<()> {
+        self.sample(Sampler::Greedy)
+    }
+
+    /// Sampling on the device from the last logits: the step's token becomes the chosen one and
+    /// its position advances by one, ready for `decode`. `Sampler::Sampling` follows the
+    /// parameters of `set_sampling`.
+    pub fn sample(&mut self, sampler: Sampler) -> Result<()> {
         let last = self.last();
         let seg = &mut self.segments[last];
-        let (Some(_), k, b) = (&seg.head, &seg.k, &mut seg.b) else {
+        let (Some(head), k, b) = (&mut seg.head, &seg.k, &mut seg.b) else {
             return Err(Error::Internal("the last segment has no head".into()));
         };
-        k.argmax.launch(seg.ex.stream(), &b.logits, &mut b.step, true)?;
+        let s = seg.ex.stream();
+        match sampler {
+            Sampler::Greedy => k.argmax.launch(s, &b.logits, &mut b.step, true)?,
+            Sampler::Sampling => {
+                k.sample.launch(s, &b.logits, &head.sample_params, &mut head.presence, &mut b.step)?
+            }
+        }
         self.share_step()
+    }
+
+    /// Sets what `Sampler::Sampling` does: the parameter block (`SamplingOptions::device_params`)
+    /// and the presence flags of the repetition penalty (`sampler::presence_bitmap`).
+    pub fn set_sampling(&mut self, params: &[u32; PARAM_WORDS], presence: &[u32]) -> Result<()> {
+        let last = self.last();
+        let seg = &mut self.segments[last];
+        let Some(head) = &mut seg.head else {
+            return Err(Error::Internal("the last segment has no head".into()));
+        };
+        if presence.len() != head.presence.len() {
+            return Err(Error::Internal(format!(
+                "presence flags of {} words for a buffer of {}",
+                presence.len(),
+                head.presence.len()
+            )));
+        }
+        let s = seg.ex.stream();
+        s.memcpy_htod(&params[..], &mut head.sample_params)?;
+        s.memcpy_htod(presence, &mut head.presence)?;
+        Ok(())
     }
 
     /// One greedy decode step entirely on the devices (forward of the step's token, argmax,
     /// position advance), each segment replayed from its CUDA graph.
     pub fn decode_greedy(&mut self) -> Result<()> {
+        self.decode(Sampler::Greedy)
+    }
+
+    /// One decode step entirely on the devices (forward of the step's token, `sampler`, position
+    /// advance), each segment replayed from its CUDA graph.
+    pub fn decode(&mut self, sampler: Sampler) -> Result<()> {
         for i in 0..self.segments.len() {
             pass_hidden(&mut self.segments, i)?;
             let seg = &mut self.segments[i];
             if self.use_graph {
-                seg.replay(&self.config)?;
+                seg.replay(&self.config, sampler)?;
             } else {
-                seg.forward(&self.config, true, true)?;
+                seg.forward(&self.config, true, Some(sampler))?;
             }
         }
         self.share_step()
@@ -495,8 +550,8 @@ fn pass_hidden(segments: &mut [Segment], i: usize) -> Result<()> {
 
 impl Segment {
     /// This segment's launches: embedding on the first, its layers, then on the last the final
-    /// norm and lm_head (`want_logits`) and greedy sampling (`sample`).
-    fn forward(&mut self, c: &Qwen3Config, want_logits: bool, sample: bool) -> Result<()> {
+    /// norm and lm_head (`want_logits`) and the sampler (`sample`).
+    fn forward(&mut self, c: &Qwen3Config, want_logits: bool, sample: Option<Sampler>) -> Result<()> {
         let s = self.ex.stream().clone();
         let (eps, theta) = (c.rms_norm_eps as f32, c.rope_theta as f32);
         let (k, b) = (&mut self.k, &mut self.b);
@@ -536,10 +591,10 @@ impl Segment {
         Ok(())
     }
 
-    /// On the last segment: final norm and lm_head of `hidden` into `logits`, then greedy sampling
+    /// On the last segment: final norm and lm_head of `hidden` into `logits`, then the sampler
     /// (`sample`); nothing on other segments.
-    fn head(&mut self, c: &Qwen3Config, sample: bool) -> Result<()> {
-        let Some(head) = &self.head else {
+    fn head(&mut self, c: &Qwen3Config, sample: Option<Sampler>) -> Result<()> {
+        let Some(head) = &mut self.head else {
             return Ok(());
         };
         let s = self.ex.stream().clone();
@@ -551,8 +606,12 @@ impl Segment {
             .ok_or_else(|| Error::Internal("no lm_head on the last segment".into()))?;
         k.rms_norm.launch(&s, &b.hidden, &head.norm, &mut b.normed, c.rms_norm_eps as f32)?;
         k.lm_head.launch(&s, &b.normed, lm_head, &mut b.logits)?;
-        if sample {
-            k.argmax.launch(&s, &b.logits, &mut b.step, true)?;
+        match sample {
+            None => {}
+            Some(Sampler::Greedy) => k.argmax.launch(&s, &b.logits, &mut b.step, true)?,
+            Some(Sampler::Sampling) => {
+                k.sample.launch(&s, &b.logits, &head.sample_params, &mut head.presence, &mut b.step)?
+            }
         }
         Ok(())
     }
@@ -598,20 +657,22 @@ impl Segment {
         Ok(())
     }
 
-    /// The decode launches from a CUDA graph, captured on first use.
-    fn replay(&mut self, c: &Qwen3Config) -> Result<()> {
-        if self.graph.is_none() {
+    /// The decode launches from a CUDA graph, captured on first use (per sampler on the last
+    /// segment, the only one that samples).
+    fn replay(&mut self, c: &Qwen3Config, sampler: Sampler) -> Result<()> {
+        let slot = if self.head.is_some() { sampler as usize } else { 0 };
+        if self.graphs[slot].is_none() {
             let s = self.ex.stream().clone();
             s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-            let captured = self.forward(c, true, true);
+            let captured = self.forward(c, true, Some(sampler));
             // End the capture on every path so the stream is usable again.
             let graph = s.end_capture(CUgraphInstantiate_flags(0));
             captured?;
-            self.graph = Some(Graph(
+            self.graphs[slot] = Some(Graph(
                 graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))?,
             ));
         }
-        match &self.graph {
+        match &self.graphs[slot] {
             Some(g) => Ok(g.0.launch()?),
             None => Err(Error::Internal("no decode graph".into())),
         }
@@ -632,6 +693,7 @@ impl Kernels {
             down_proj: AwqGemv::new(ex, c.intermediate_size, h, g, Epilogue::AddTo, false)?,
             lm_head: HalfGemv::new(ex, h, c.vocab_size)?,
             argmax: Argmax::new(ex, c.vocab_size)?,
+            sample: Sample::new(ex, c.vocab_size)?,
         })
     }
 }
@@ -742,6 +804,7 @@ pub fn kernel_types(c: &Qwen3Config) -> Vec<KernelType> {
         KernelType::AwqGemm { k: q, n: h, group: g, epilogue: Epilogue::AddTo },
         KernelType::AwqGemm { k: h, n: i, group: g, epilogue: Epilogue::SiluMul },
         KernelType::AwqGemm { k: i, n: h, group: g, epilogue: Epilogue::AddTo },
+        KernelType::Sample { n: v },
     ];
     if AttentionPrefill::supports(head_shape(c)) {
         types.push(AttentionPrefill::kernel_type(head_shape(c), KvDtype::Fp16));
