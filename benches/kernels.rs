@@ -70,8 +70,10 @@ fn kernels(c: &mut Criterion) {
             );
         }
     }
-    for case in gemm_cases(&ex, 2048).expect("GEMM cases") {
-        run_case(c, &ex, copy_bw, case, &mut summary);
+    for m in [128, 2048] {
+        for case in gemm_cases(&ex, m).expect("GEMM cases") {
+            run_case(c, &ex, copy_bw, case, &mut summary);
+        }
     }
     for dtype in [KvDtype::Fp16, KvDtype::Q8] {
         let case = attention_prefill_case(&ex, 2048, dtype).expect("prefill attention case");

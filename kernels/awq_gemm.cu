@@ -13,6 +13,9 @@
 // (4 KiB per 64 inputs) and the fp16 token tile (16 KiB per 64 inputs) stream into shared memory
 // through a STAGES-deep cp.async pipeline; two blocks per SM (<= 128 registers a thread) overlap one
 // block's loads and epilogue with the other's mma.
+// Few tokens leave few blocks, so the host may also split K over gridDim.z (whole groups per split):
+// each split then writes its raw sums to `partial` [splits][M][ROWS] and awq_gemm_reduce adds them
+// in a fixed order and applies the epilogue (deterministic, unlike atomics).
 // Defines: K, N (outputs; MODE 2 reads 2N weight rows), GROUP (multiple of 64), MODE.
 //   MODE 0: y[m][n] = ...   MODE 1: y[m][n] += ... (residual add)
 //   MODE 2: y[m][n] = silu(gate) * up, weight tiles interleaved gate, up (awq_linear.rs Interleave)
@@ -67,17 +70,20 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                                                           const f16_t* __restrict__ s,
                                                           const unsigned long long* __restrict__ z,
                                                           float* __restrict__ y,  // [M][N]
+                                                          float* __restrict__ partial,
                                                           int m_rows) {
     extern __shared__ uint4 smem[];  // STAGES x (W_STAGE + X_STAGE)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int tile0 = blockIdx.x * 8, tok0 = blockIdx.y * BT;
     const int wr = warp & 3, wt = warp >> 2;  // this warp: tiles tile0 + 2 wr + {0, 1}, tokens tok0 + 64 wt + ...
+    const int nkb = NKB / gridDim.z, kb0 = blockIdx.z * nkb;  // this split's 64-input blocks
 
     pdl_wait();
     // Stage kb of the pipeline: this thread's weight fragment and 4 chunks of the token tile.
-    auto load_stage = [&](int kb) {
-        uint4* ws = smem + (kb % STAGES) * (W_STAGE + X_STAGE);
+    auto load_stage = [&](int i) {
+        const int kb = kb0 + i;
+        uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
         uint4* xs = ws + W_STAGE;
         const int tile = tile0 + (tid >> 5);
         const bool tile_ok = tile < TILES;
@@ -92,7 +98,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
     };
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
-        if (st < NKB) load_stage(st);
+        if (st < nkb) load_stage(st);
         cp_async_commit();
     }
 
@@ -104,10 +110,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
     unsigned neg_z[2][2], s2[2][2];  // per tile, per row half (g, g + 8)
 
 
-    for (int kb = 0; kb < NKB; kb++) {
+    for (int i = 0; i < nkb; i++) {
+        const int kb = kb0 + i;
         cp_async_wait<STAGES - 2>();
-        __syncthreads();  // stage kb landed for every thread; stage kb - 1 is free to refill
-        if (kb + STAGES - 1 < NKB) load_stage(kb + STAGES - 1);
+        __syncthreads();  // stage i landed for every thread; stage i - 1 is free to refill
+        if (i + STAGES - 1 < nkb) load_stage(i + STAGES - 1);
         cp_async_commit();
 
         if (kb % KB_PER_G == 0) {
@@ -124,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                 }
             }
         }
-        const uint4* ws = smem + (kb % STAGES) * (W_STAGE + X_STAGE);
+        const uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
         const uint2* xs = reinterpret_cast<const uint2*>(ws + W_STAGE);
         const uint4 wf[2] = {ws[(2 * wr) * 32 + lane], ws[(2 * wr + 1) * 32 + lane]};
 #pragma unroll
@@ -156,6 +163,18 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             const int m = tok0 + WT * wt + 8 * nt + 2 * t + e;
             if (m >= m_rows) continue;
             const float f = x_scale[m];
+            if (gridDim.z > 1) {  // raw sums of this split, for awq_gemm_reduce
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    const int tile = tile0 + 2 * wr + mt;
+                    if (tile >= TILES) continue;
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        partial[((long long)blockIdx.z * m_rows + m) * ROWS + 16 * tile + g + 8 * h] =
+                            acc[mt][nt][2 * h + e] * f;
+                }
+                continue;
+            }
 #if MODE == 2
             const int pair = (tile0 >> 1) + wr;  // gate tile 2 pair, up tile 2 pair + 1
             if (2 * pair < TILES) {
@@ -183,4 +202,34 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
 #endif
         }
     }
+}
+
+// Adds the splits' partial sums in order and applies the epilogue: one thread per output.
+extern "C" __global__ void awq_gemm_reduce(const float* __restrict__ partial,  // [splits][M][ROWS]
+                                           float* __restrict__ y,              // [M][N]
+                                           int m_rows,
+                                           int splits) {
+    pdl_wait();
+    pdl_trigger();
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)m_rows * N) return;
+    const int m = (int)(idx / N), n = (int)(idx % N);
+#if MODE == 2
+    const int gate_row = 32 * (n / 16) + n % 16;  // tiles interleave gate, up
+    float gate = 0.0f, up = 0.0f;
+    for (int z = 0; z < splits; z++) {
+        const float* p = partial + ((long long)z * m_rows + m) * ROWS;
+        gate += p[gate_row];
+        up += p[gate_row + 16];
+    }
+    y[idx] = gate / (1.0f + expf(-gate)) * up;
+#else
+    float v = 0.0f;
+    for (int z = 0; z < splits; z++) v += partial[((long long)z * m_rows + m) * ROWS + n];
+#if MODE == 1
+    y[idx] += v;
+#else
+    y[idx] = v;
+#endif
+#endif
 }

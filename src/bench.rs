@@ -157,7 +157,8 @@ pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<C
 }
 
 /// The layer's projections as prompt processing runs them: `m` tokens through the tensor-core
-/// GEMM (the fp16 conversion of the input rows, `RowsF16`, is a separate case).
+/// GEMM, split along K as the engine would with 32 MB of scratch (the fp16 conversion of the
+/// input rows, `RowsF16`, is a separate case).
 pub fn gemm_cases(ex: &Executor, m: usize) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for (i, (name, k, n, epilogue, _)) in LAYER_LINEARS.into_iter().enumerate() {
@@ -166,11 +167,13 @@ pub fn gemm_cases(ex: &Executor, m: usize) -> Result<Vec<Case>> {
         let x_scale = ex.upload(&vec![1.0f32; m], "x scale")?;
         let mut y: CudaSlice<f32> = ex.zeros(m * n, "y")?;
         let gemm = AwqGemm::new(ex, k, n, GROUP, epilogue)?;
+        let mut split_k: CudaSlice<f32> = ex.zeros(8 << 20, "split-K scratch")?;
+        let splits = gemm.splits(m, split_k.len());
         cases.push(Case {
-            name: format!("{} x{m}", name.split(' ').next().unwrap_or(name)),
+            name: format!("{} x{m} ({splits} split)", name.split(' ').next().unwrap_or(name)),
             bytes: AwqLinear::device_bytes(k, w.rows, GROUP) + m * k * 2 + m * n * 4,
             flops: 2 * m * k * w.rows,
-            run: Box::new(move |ex| gemm.launch(ex.stream(), &x, &x_scale, m, &w, &mut y)),
+            run: Box::new(move |ex| gemm.launch(ex.stream(), &x, &x_scale, m, &w, &mut y, &mut split_k)),
         });
     }
     let k = 12288;

@@ -146,7 +146,16 @@ pub fn awq_gemm(
         &mut x16,
         &mut x_scale,
     )?;
-    launch::AwqGemm::new(ex, k, n, group, epilogue)?.launch(ex.stream(), &x16, &x_scale, rows, &w, &mut y)?;
+    let mut split_k = ex.zeros(8 * rows * w.rows, "split-K partial sums")?;
+    launch::AwqGemm::new(ex, k, n, group, epilogue)?.launch(
+        ex.stream(),
+        &x16,
+        &x_scale,
+        rows,
+        &w,
+        &mut y,
+        &mut split_k,
+    )?;
     ex.download(&y)
 }
 

@@ -56,15 +56,16 @@ def gemm_tol(x, W):
     return 6 * F16_ULP * norm + 16 * U * np.sqrt(x.shape[1]) * norm
 
 
-GEMM_SHAPES = [(4096, 6144, 128), (12288, 4096, 128), (256, 1024, 128), (1024, 256, 128), (192, 128, 64), (128, 64, 64)]
+SMALL_GEMM_SHAPES = [(256, 1024, 128), (1024, 256, 128), (192, 128, 64), (128, 64, 64)]
+# The Qwen3-8B shapes at the row counts that stress tiling (one row; a full 128-row tile plus one).
+GEMM_CASES = [(*shape, m) for shape in SMALL_GEMM_SHAPES for m in (1, 2, 127, 128, 129, 300)] + [
+    (*shape, m) for shape in [(4096, 6144, 128), (12288, 4096, 128)] for m in (1, 129)
+]
 
 
-@pytest.mark.parametrize("K,N,G", GEMM_SHAPES)
-@pytest.mark.parametrize("M", [1, 2, 127, 128, 129, 300])
+@pytest.mark.parametrize("K,N,G,M", GEMM_CASES)
 @pytest.mark.parametrize("mag", [1.0, 1e5])
 def test_awq_gemm(ops, rng, K, N, G, M, mag):
-    if K * N > 4096 * 4096 and M not in (1, 129):
-        pytest.skip("large shapes at two row counts keep the run short")
     (qw, qz, s), W = random_awq(rng, K, N, G)
     x = rows_of(rng, M, K, mag)
     ref = x.astype(np.float64) @ W

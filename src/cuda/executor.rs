@@ -36,6 +36,7 @@ pub struct Executor {
     ordinal: usize,
     arch: String,
     pdl: bool,
+    sm_count: usize,
     cache_dir: Option<PathBuf>,
     modules: RwLock<HashMap<KernelType, Arc<CudaModule>>>,
 }
@@ -61,15 +62,22 @@ impl Executor {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
+        let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(Executor {
             ctx,
             stream,
             ordinal,
             arch: format!("sm_{major}{minor}"),
             pdl: major >= 9 && std::env::var_os("QWEN3_RS_NO_PDL").is_none(),
+            sm_count: sm_count.max(1) as usize,
             cache_dir: compile::default_cache_dir(),
             modules: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Streaming multiprocessors on the device (for sizing grids).
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

@@ -180,7 +180,7 @@ impl KernelType {
             KernelType::Argmax { .. } => &["argmax"],
             KernelType::KvDequant { .. } => &["kv_dequant"],
             KernelType::RowsF16 { .. } => &["rows_f16"],
-            KernelType::AwqGemm { .. } => &["awq_gemm"],
+            KernelType::AwqGemm { .. } => &["awq_gemm", "awq_gemm_reduce"],
             KernelType::AttentionPrefill { .. } => &["attention_prefill"],
             KernelType::Sample { .. } => &["sample"],
         }

@@ -754,16 +754,20 @@ pub struct AwqGemm {
     ty: KernelType,
     pdl: bool,
     f: CudaFunction,
+    reduce: CudaFunction,
     k: usize,
     n: usize,
     group: usize,
     epilogue: Epilogue,
+    sm_count: usize,
 }
 
 impl AwqGemm {
     /// Shared memory: 3 pipeline stages of 4 KiB of weight fragments and a 128-token x 64-input
     /// fp16 tile with a pitch of 80 halves.
     const SHARED_BYTES: usize = 3 * (8 * 32 * 16 + 128 * 80 * 2);
+    /// Weight rows and tokens of one block.
+    const BLOCK: (usize, usize) = (128, 128);
 
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
         let ty = KernelType::AwqGemm { k: k as u32, n: n as u32, group: group as u32, epilogue };
@@ -772,11 +776,38 @@ impl AwqGemm {
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             Self::SHARED_BYTES as i32,
         )?;
-        Ok(Self { ty, pdl: ex.pdl(), f, k, n, group, epilogue })
+        let reduce = ex.function(ty, "awq_gemm_reduce")?;
+        Ok(Self { ty, pdl: ex.pdl(), f, reduce, k, n, group, epilogue, sm_count: ex.sm_count() })
+    }
+
+    fn weight_rows(&self) -> usize {
+        if self.epilogue == Epilogue::SiluMul {
+            2 * self.n
+        } else {
+            self.n
+        }
+    }
+
+    /// K splits for `rows` tokens: doubled while the grid has fewer than two blocks per SM (two
+    /// fit on one), each split keeps whole groups, and the partial sums fit in `scratch` floats.
+    pub fn splits(&self, rows: usize, scratch: usize) -> usize {
+        let blocks = self.weight_rows().div_ceil(Self::BLOCK.0) * rows.div_ceil(Self::BLOCK.1);
+        let groups = self.k / self.group;
+        let mut s = 1;
+        while blocks * s < 2 * self.sm_count
+            && s < 8
+            && groups.is_multiple_of(2 * s)
+            && 2 * s * rows * self.weight_rows() <= scratch
+        {
+            s *= 2;
+        }
+        s
     }
 
     /// y[r] = W x[r], y[r] += W x[r], or y[r] = silu(W_gate x[r]) * (W_up x[r]) by the epilogue,
-    /// for the `rows` scaled fp16 rows of `x` (from `RowsF16`).
+    /// for the `rows` scaled fp16 rows of `x` (from `RowsF16`). `scratch` holds split-K partial
+    /// sums when few rows leave the GPU underused (any length; empty disables splitting).
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         s: &CudaStream,
@@ -785,8 +816,9 @@ impl AwqGemm {
         rows: usize,
         w: &AwqLinear,
         y: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let w_rows = if self.epilogue == Epilogue::SiluMul { 2 * self.n } else { self.n };
+        let w_rows = self.weight_rows();
         check(
             rows >= 1
                 && x.len() >= rows * self.k
@@ -798,12 +830,16 @@ impl AwqGemm {
             &self.ty,
             || format!("{rows} rows, x {}, weight {}x{}, y {}", x.len(), w.rows, w.k, y.len()),
         )?;
-        let mut c = cfg(((w_rows / 16).div_ceil(8) as u32, rows.div_ceil(128) as u32), 256);
+        let splits = self.splits(rows, scratch.len());
+        let mut c = cfg((w_rows.div_ceil(Self::BLOCK.0) as u32, rows.div_ceil(Self::BLOCK.1) as u32), 256);
+        c.grid_dim.2 = splits as u32;
         c.shared_mem_bytes = Self::SHARED_BYTES as u32;
-        let rows = rows as i32;
+        let n_out = rows * self.n;
         // SAFETY: reads x[0..rows*K), x_scale[0..rows) and the tiles of w below its row count
-        // (tiles past the end and rows past `rows` are zero-filled, never read); writes (or adds
-        // to) y[0..rows*N); lengths checked above; x and y are distinct buffers.
+        // (tiles past the end and rows past `rows` are zero-filled, never read); with one split it
+        // writes (or adds to) y[0..rows*N), with more, scratch[0..splits*rows*ROWS) (sized by
+        // `splits`), which the reduce reads to write y; lengths checked above; x, y and scratch
+        // are distinct buffers. Each split covers K / GROUP / splits whole groups.
         unsafe {
             Args::new()
                 .buf(s, x)
@@ -812,9 +848,19 @@ impl AwqGemm {
                 .buf(s, &w.scales)
                 .buf(s, &w.zeros)
                 .buf_mut(s, y)
-                .int(rows)
-                .launch(s, &self.f, c, self.pdl)
+                .buf_mut(s, scratch)
+                .int(rows as i32)
+                .launch(s, &self.f, c, self.pdl)?;
+            if splits > 1 {
+                Args::new().buf(s, scratch).buf_mut(s, y).int(rows as i32).int(splits as i32).launch(
+                    s,
+                    &self.reduce,
+                    cfg((n_out.div_ceil(256) as u32, 1), 256),
+                    self.pdl,
+                )?;
+            }
         }
+        Ok(())
     }
 }
 

@@ -90,6 +90,8 @@ struct PrefillBuffers {
     /// A GEMM's input rows as scaled fp16, and each row's scale.
     x16: CudaSlice<u16>,
     x_scale: CudaSlice<f32>,
+    /// Partial sums of GEMMs split along K (short chunks).
+    split_k: CudaSlice<f32>,
 }
 
 struct Prefill {
@@ -191,7 +193,7 @@ impl Qwen3Model {
     fn prefill_bytes(c: &Qwen3Config, chunk: usize) -> usize {
         let (h, i, q) = (c.hidden_size, c.intermediate_size, c.q_dim());
         let widest = h.max(i).max(q);
-        chunk * (4 + 4 * (h + q + 2 * c.kv_dim() + 2 * q + i) + 2 * widest + 4)
+        chunk * (4 + 4 * (h + q + 2 * c.kv_dim() + 2 * q + i) + 2 * widest + 4) + 4 * split_k_len(c, chunk)
     }
 
     /// Uploads a validated checkpoint onto the devices of `placement` (`executors[i]` runs device
@@ -631,7 +633,15 @@ impl Segment {
         for (layer, cache) in self.layers.iter().zip(self.kv.layers.iter_mut()) {
             let input_norm = Some((&layer.input_layernorm, eps));
             pk.input_rows.launch(&s, &pb.hidden, input_norm, rows, &mut pb.x16, &mut pb.x_scale)?;
-            pk.qkv_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.qkv_proj, &mut pb.qkv)?;
+            pk.qkv_proj.launch(
+                &s,
+                &pb.x16,
+                &pb.x_scale,
+                rows,
+                &layer.qkv_proj,
+                &mut pb.qkv,
+                &mut pb.split_k,
+            )?;
             k.qk_norm_rope.launch(
                 &s,
                 &pb.qkv,
@@ -647,12 +657,36 @@ impl Segment {
             )?;
             pk.attention.launch(&s, &pb.q, cache, step, rows, &mut pb.attn)?;
             pk.attn_rows.launch(&s, &pb.attn, None, rows, &mut pb.x16, &mut pb.x_scale)?;
-            pk.o_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.o_proj, &mut pb.hidden)?;
+            pk.o_proj.launch(
+                &s,
+                &pb.x16,
+                &pb.x_scale,
+                rows,
+                &layer.o_proj,
+                &mut pb.hidden,
+                &mut pb.split_k,
+            )?;
             let post_norm = Some((&layer.post_attention_layernorm, eps));
             pk.input_rows.launch(&s, &pb.hidden, post_norm, rows, &mut pb.x16, &mut pb.x_scale)?;
-            pk.gate_up_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.gate_up_proj, &mut pb.mlp_act)?;
+            pk.gate_up_proj.launch(
+                &s,
+                &pb.x16,
+                &pb.x_scale,
+                rows,
+                &layer.gate_up_proj,
+                &mut pb.mlp_act,
+                &mut pb.split_k,
+            )?;
             pk.mlp_rows.launch(&s, &pb.mlp_act, None, rows, &mut pb.x16, &mut pb.x_scale)?;
-            pk.down_proj.launch(&s, &pb.x16, &pb.x_scale, rows, &layer.down_proj, &mut pb.hidden)?;
+            pk.down_proj.launch(
+                &s,
+                &pb.x16,
+                &pb.x_scale,
+                rows,
+                &layer.down_proj,
+                &mut pb.hidden,
+                &mut pb.split_k,
+            )?;
         }
         Ok(())
     }
@@ -698,6 +732,13 @@ impl Kernels {
     }
 }
 
+/// Floats of split-K scratch: up to 8 splits of a chunk's widest GEMM output, at most 32 MB (short
+/// chunks are the ones that split).
+fn split_k_len(c: &Qwen3Config, chunk: usize) -> usize {
+    let widest = (c.q_dim() + 2 * c.kv_dim()).max(2 * c.intermediate_size).max(c.hidden_size);
+    (8 * chunk * widest).min(8 << 20)
+}
+
 impl PrefillKernels {
     fn new(ex: &Executor, c: &Qwen3Config, opts: &ModelOptions) -> Result<Self> {
         let (h, g, i, q) = (c.hidden_size, c.quantization.group_size, c.intermediate_size, c.q_dim());
@@ -727,6 +768,7 @@ impl PrefillBuffers {
             mlp_act: ex.zeros(n * i, what)?,
             x16: ex.zeros(n * h.max(i).max(q), what)?,
             x_scale: ex.zeros(n, what)?,
+            split_k: ex.zeros(split_k_len(c, n), what)?,
         })
     }
 }
