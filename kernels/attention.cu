@@ -1,9 +1,10 @@
 // Incremental (decode) attention of one query position over the KV cache, split over the sequence
-// (flash-decoding). attention_partial: block (KV head x head group, split) covers a contiguous
-// chunk of positions and writes, per query head, an unnormalized output with its running max and
-// sum; attention_combine merges the splits per query head. The grid is fixed (SPLITS per KV head)
-// and the length comes from device memory, so one launch configuration serves every step and no
-// sequence length triggers a compile.
+// (flash-decoding), in one kernel: block (KV head x head group, split) covers a contiguous chunk
+// of positions and writes, per query head, an unnormalized output with its running max and sum;
+// the last block of a KV head to finish (a counter per KV head, reset by that block) merges the
+// splits into the output. The grid is fixed (SPLITS per KV head) and the length comes from device
+// memory, so one launch configuration serves every step and no sequence length triggers a compile;
+// a short context uses only the splits it needs (see chunk_len), the others exit at once.
 //
 // Why it is shaped like this: decode attention is a stream over the cache with ~2 flops per byte,
 // so the kernel must keep many bytes in flight and spend few instructions per byte.
@@ -12,6 +13,11 @@
 //   next tile's K is requested as soon as q.k has consumed the current one and its V as soon as
 //   p.v has, so about one tile per warp is always in flight. The warps of a block merge their
 //   online-softmax states once, at the end.
+// - The fixed cost is kept off the critical path: the first tile of every warp is requested before
+//   the kernel waits for its predecessor (programmatic dependent launch), except the current
+//   position's row, which that predecessor writes and which is fetched after the wait; q goes
+//   straight from global memory into the A fragments (no shared memory, no barrier); the merge
+//   of the splits needs no second launch and requests all its inputs at once.
 // - q.k and p.v run on tensor cores (mma.m16n8k16, fp16 in, fp32 accumulate). The 16 rows of the
 //   A operand hold the block's (up to 8) query heads twice: rows 0-7 carry the fp16 "hi" part of q
 //   (resp. of the softmax weights p), rows 8-15 the fp16 remainder "lo" = x - hi, and a lane holds
@@ -62,38 +68,79 @@ constexpr int VWORDS = VPIECES * VPIECE_WORDS;
 constexpr int NSUB = KV_Q8 ? 2 : 1;
 constexpr int TP = 16 * NSUB;
 constexpr int NB = KV_Q8 ? HEAD_DIM / Q8_BLOCK : 1;  // scale blocks per row (int8)
+#if KV_Q8
 constexpr int SWORDS = (NB + 1) / 2;                 // 32-bit words holding a row's scales
+#endif
 constexpr float PSCALE = KV_Q8 ? 128.0f : 16384.0f;  // p (times m < 2^8 for int8) stays < 2^15
 static_assert(!KV_Q8 || (KPIECES == NB && VPIECES == NB), "a piece must map to one scale block");
 
+// Positions per split: the sequence over the SPLITS blocks of a KV head, in whole rounds of the
+// block's warps (one TP-position iteration each) and at least one round, so a short context runs
+// on few blocks (fewer partial results to merge) and a long one on all of them. Splits past the
+// end have no positions and exit at once.
 __device__ __forceinline__ int chunk_len(int seq) {
+    constexpr int ROUND = N_WARPS * TP;
     const int c = (seq + SPLITS - 1) / SPLITS;
-    return max((c + TP - 1) / TP * TP, TP);
+    return max((c + ROUND - 1) / ROUND * ROUND, ROUND);
 }
 
-template <int NW>
+// NW 32-bit words from global memory. The default path streams through the non-coherent cache
+// without allocating in L1; CG (L2 only) is for data the previous kernel may have written while this
+// one was already running (the current position's row, see the kernel).
+template <int NW, bool CG = false>
 __device__ __forceinline__ void load_words(unsigned* w, const void* p) {
     if constexpr (NW == 4) {
-        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-            : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-            : "l"(p));
+        if constexpr (CG)
+            asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+                : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                : "l"(p));
+        else
+            asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                : "l"(p));
     } else if constexpr (NW == 2) {
-        asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+        if constexpr (CG)
+            asm volatile("ld.global.cg.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+        else
+            asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
     } else {
         static_assert(NW == 1, "load width");
-        asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+        if constexpr (CG)
+            asm volatile("ld.global.cg.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+        else
+            asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
     }
 }
 
-// The NB fp16 scales of a row (int8 cache).
+#if KV_Q8
+// The NB fp16 scales of a row.
+template <bool CG = false>
 __device__ __forceinline__ void load_scales(unsigned* w, const f16_t* p) {
     if constexpr (NB == 1) {
         unsigned short h;
-        asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(h) : "l"(p));
+        if constexpr (CG)
+            asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(h) : "l"(p));
+        else
+            asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(h) : "l"(p));
         w[0] = h;
     } else {
-        load_words<SWORDS>(w, p);
+        load_words<SWORDS, CG>(w, p);
     }
+}
+#endif
+
+// Data written by other blocks of this launch or by the previous kernel: read from L2, never from
+// a stale L1 line.
+__device__ __forceinline__ float2 ld_cg2(const float* p) {
+    float2 v;
+    asm volatile("ld.global.cg.v2.f32 {%0,%1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float4 ld_cg4(const float* p) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
 }
 
 __device__ __forceinline__ f16_t half_of(const unsigned* w, int i) {
@@ -151,31 +198,48 @@ __device__ __forceinline__ int v_dim(int nt, int n) {
     return (nt / VVAL) * 8 * VVAL + n * VVAL + nt % VVAL;
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
+template <int M>
+struct LoadMode {
+    static constexpr int value = M;
+};
+#define LOAD_ALL 0  // every row of the tile
+#define LOAD_PRE 1  // every row but the current position's (before pdl_wait)
+#define LOAD_FIX 2  // only the current position's row, from L2 (after pdl_wait)
+
+extern "C" __global__ void __launch_bounds__(THREADS) attention(
     const float* __restrict__ q,        // [N_HEADS][HEAD_DIM]
     const kv_t* __restrict__ k_cache,  // [N_KV_HEADS][max_seq][HEAD_DIM]
     const kv_t* __restrict__ v_cache,
     const f16_t* __restrict__ k_scale,  // [N_KV_HEADS][max_seq][HEAD_DIM / Q8_BLOCK] (int8 cache)
     const f16_t* __restrict__ v_scale,
     const int* __restrict__ step,
-    float* __restrict__ part_o,   // [N_HEADS][SPLITS][HEAD_DIM]
-    float* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]: max (log2 units) and sum
+    float* __restrict__ part_o,    // [N_HEADS][SPLITS][HEAD_DIM]
+    float* __restrict__ part_ml,   // [N_HEADS][SPLITS][2]: max (log2 units) and sum
+    unsigned* __restrict__ done,   // [gridDim.x]: splits finished; 0 between launches
+    float* __restrict__ out,       // [N_HEADS][HEAD_DIM]
     int max_seq,
     float scale) {
-    __shared__ float qs[HG_HEADS][HEAD_DIM];
-    __shared__ float qpow[HG_HEADS];
     __shared__ float so[N_WARPS][HG_HEADS][HEAD_DIM];  // per-warp unnormalized outputs
     __shared__ float sm[N_WARPS][HG_HEADS], sl[N_WARPS][HG_HEADS];
-    pdl_wait();
-    pdl_trigger();
+    __shared__ int s_last;
     const int kv = blockIdx.x / HGROUPS, h0 = kv * GQA + (blockIdx.x % HGROUPS) * HG_HEADS;
     const int gb = min(HG_HEADS, kv * GQA + GQA - h0);  // query heads of this block
     const int split = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;  // mma fragment coordinates
+
+    // Before pdl_wait this kernel may run alongside the previous one (qk_norm_rope, which writes q
+    // and the current position's cache row), so it reads only what kernels that have completed
+    // wrote: step (written by the host or by argmax at the end of the previous step, and every
+    // kernel waits for its predecessor before it lets the next one start, so all kernels before
+    // the previous one have completed) and the cache rows of earlier positions.
     const int seq = min(step[STEP_POS] + 1, max_seq);
+    const int last = seq - 1;  // the current position: its row is read after pdl_wait only
     const int chunk = chunk_len(seq);
     const int start = split * chunk, end = min(seq, start + chunk);
-    if (start >= end) return;  // attention_combine reads only the splits that hold positions
+    if (start >= end) {  // no positions: not counted in `done`, merged by no one
+        pdl_wait();  // like every block of every kernel, so a kernel's end implies its predecessor's
+        return;
+    }
 
     const long long head_row = (long long)kv * max_seq;
     const kv_t* kh = k_cache + head_row * HEAD_DIM;
@@ -189,6 +253,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     auto row = [&](int t) { return (long long)min(t, end - 1); };
     // Row slot r (0-3) of a lane in p.v and in the score fragment: positions 2 tig + {0, 1, 8, 9}.
     auto slot_pos = [&](int r) { return 2 * tig + (r & 1) + 8 * (r >> 1); };
+    // Whether a load mode fetches row t.
+    auto wanted = [&](long long t, auto mode) {
+        constexpr int m = decltype(mode)::value;
+        return m == LOAD_ALL || ((t == last) == (m == LOAD_FIX));
+    };
 
     unsigned kw[NSUB][2][KWORDS];    // K rows gid and 8 + gid of each tile
     unsigned vw[NSUB][4][VWORDS];    // V rows of the 4 slots
@@ -196,78 +265,91 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
     unsigned ksw[NSUB][4][SWORDS];   // K scales of the 4 score slots
     unsigned vsw[NSUB][4][SWORDS];   // V scales of the 4 slots
 #endif
-    auto load_k = [&](int base) {
+    // Sub-tile u (16 positions from base + 16 u) of K, with its scales, and of V.
+    auto load_k_sub = [&](int base, int u, auto mode) {
+        constexpr bool cg = decltype(mode)::value == LOAD_FIX;
 #pragma unroll
-        for (int u = 0; u < NSUB; u++) {
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const kv_t* p = kh + row(base + 16 * u + 8 * h + gid) * HEAD_DIM + tig * KVAL;
+        for (int h = 0; h < 2; h++) {
+            const long long t = row(base + 16 * u + 8 * h + gid);
+            const kv_t* p = kh + t * HEAD_DIM + tig * KVAL;
+            if (wanted(t, mode)) {
 #pragma unroll
                 for (int i = 0; i < KPIECES; i++)
-                    load_words<KPIECE_WORDS>(&kw[u][h][i * KPIECE_WORDS], p + i * 4 * KVAL);
+                    load_words<KPIECE_WORDS, cg>(&kw[u][h][i * KPIECE_WORDS], p + i * 4 * KVAL);
             }
+        }
 #if KV_Q8
 #pragma unroll
-            for (int r = 0; r < 4; r++)
-                load_scales(ksw[u][r], ksh + row(base + 16 * u + slot_pos(r)) * NB);
-#endif
+        for (int r = 0; r < 4; r++) {
+            const long long t = row(base + 16 * u + slot_pos(r));
+            if (wanted(t, mode)) load_scales<cg>(ksw[u][r], ksh + t * NB);
         }
+#endif
     };
-    auto load_v = [&](int base) {
+    auto load_v_sub = [&](int base, int u, auto mode) {
+        constexpr bool cg = decltype(mode)::value == LOAD_FIX;
 #pragma unroll
-        for (int u = 0; u < NSUB; u++) {
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const long long t = row(base + 16 * u + slot_pos(r));
-                const kv_t* p = vh + t * HEAD_DIM + gid * VVAL;
+        for (int r = 0; r < 4; r++) {
+            const long long t = row(base + 16 * u + slot_pos(r));
+            const kv_t* p = vh + t * HEAD_DIM + gid * VVAL;
+            if (wanted(t, mode)) {
 #pragma unroll
                 for (int c = 0; c < VPIECES; c++)
-                    load_words<VPIECE_WORDS>(&vw[u][r][c * VPIECE_WORDS], p + c * 8 * VVAL);
+                    load_words<VPIECE_WORDS, cg>(&vw[u][r][c * VPIECE_WORDS], p + c * 8 * VVAL);
 #if KV_Q8
-                load_scales(vsw[u][r], vsh + t * NB);
+                load_scales<cg>(vsw[u][r], vsh + t * NB);
 #endif
             }
         }
     };
+    auto load_tile = [&](int base, auto mode) {
+#pragma unroll
+        for (int u = 0; u < NSUB; u++) load_k_sub(base, u, mode);
+#pragma unroll
+        for (int u = 0; u < NSUB; u++) load_v_sub(base, u, mode);
+    };
 
-    // The warp's first tile is requested before q is staged, to overlap the two.
+    // The warp's first tile is requested before pdl_wait, so its memory latency overlaps the tail
+    // of the previous kernel; a lane holding the current position's row fetches it afterwards.
     int base = start + warp * TP;
     bool have = base < end;
-    if (have) {
-        load_k(base);
-        load_v(base);
-    }
+    if (have) load_tile(base, LoadMode<LOAD_PRE>{});
+    pdl_wait();
+    pdl_trigger();
+    if (have && base + TP > last) load_tile(base, LoadMode<LOAD_FIX>{});
 
-    // q of the block's heads, times softmax scale and log2(e), then per head a power of two
-    // bringing its largest entry to [2^14, 2^15).
-    for (int i = tid; i < HG_HEADS * HEAD_DIM; i += THREADS) {
-        const int g = i / HEAD_DIM;
-        const float x = g < gb ? q[(long long)(h0 + g) * HEAD_DIM + i % HEAD_DIM] : 0.0f;
-        qs[g][i % HEAD_DIM] = x * (scale * LOG2E);
-    }
-    __syncthreads();
-    for (int g = warp; g < HG_HEADS; g += N_WARPS) {
-        float a = 0.0f;
-        for (int d = lane; d < HEAD_DIM; d += 32) a = fmaxf(a, fabsf(qs[g][d]));
-        a = warp_max(a);
-        const int e = (int)((__float_as_uint(a) >> 23) & 0xff) - 127;  // floor(log2 a); a = 0: -127
-        const int p = max(-120, min(120, 14 - e));
-        if (lane == 0) qpow[g] = __uint_as_float((unsigned)(p + 127) << 23);
-    }
-    __syncthreads();
+    // q of head gid straight into the A fragments: the lane quad of a head holds all its HEAD_DIM
+    // entries. Times softmax scale and log2(e), then a per-head power of two bringing the largest
+    // entry to [2^14, 2^15).
     unsigned qa[KSTEPS][4];  // A fragments: rows gid (hi) and gid + 8 (lo)
+    float q_unscale;
     {
-        const float pw = qpow[gid];
+        float x[KSTEPS][4];
+        float a = 0.0f;
+        const float* qh = q + (long long)(h0 + gid) * HEAD_DIM;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; kk++) {
-            float x[4];
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (gid < gb) v = ld_cg4(qh + q_dim(kk, tig, 0));  // written by the previous kernel
+            x[kk][0] = v.x * (scale * LOG2E);
+            x[kk][1] = v.y * (scale * LOG2E);
+            x[kk][2] = v.z * (scale * LOG2E);
+            x[kk][3] = v.w * (scale * LOG2E);
 #pragma unroll
-            for (int s = 0; s < 4; s++) x[s] = qs[gid][q_dim(kk, tig, s)] * pw;
-            split_f16x2(x[0], x[1], qa[kk][0], qa[kk][1]);
-            split_f16x2(x[2], x[3], qa[kk][2], qa[kk][3]);
+            for (int s = 0; s < 4; s++) a = fmaxf(a, fabsf(x[kk][s]));
         }
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+        const int e = (int)((__float_as_uint(a) >> 23) & 0xff) - 127;  // floor(log2 a); a = 0: -127
+        const int p = max(-120, min(120, 14 - e));
+        const float pw = __uint_as_float((unsigned)(p + 127) << 23);
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+            split_f16x2(x[kk][0] * pw, x[kk][1] * pw, qa[kk][0], qa[kk][1]);
+            split_f16x2(x[kk][2] * pw, x[kk][3] * pw, qa[kk][2], qa[kk][3]);
+        }
+        q_unscale = 1.0f / pw;  // exact: a power of two
     }
-    const float q_unscale = 1.0f / qpow[gid];  // exact: a power of two
 
     float acc[NTILES][4];  // p.v: rows gid (hi p) and gid + 8 (lo p) of head gid
 #pragma unroll
@@ -311,8 +393,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
                     sc[u][h][j] = base + 16 * u + 8 * h + 2 * tig + j < end ? s * q_unscale : NEG_INF;
                 }
             }
+            if (more) load_k_sub(next, u, LoadMode<LOAD_ALL>{});  // this sub-tile's K is consumed
         }
-        if (more) load_k(next);
 
         // Online softmax over this iteration's positions (the quad of lanes shares a head).
         float mx = NEG_INF;
@@ -387,8 +469,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
                     __byte_perm(vw[u][2][wi], vw[u][3][wi], sel));
             }
 #endif
+            if (more) load_v_sub(next, u, LoadMode<LOAD_ALL>{});
         }
-        if (more) load_v(next);
         base = next;
         have = more;
     }
@@ -425,28 +507,50 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_partial(
             part_ml[2 * at + 1] = l;
         }
     }
-}
 
-// One block per query head, HEAD_DIM threads: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
-extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
-                                             const float* __restrict__ part_ml,
-                                             const int* __restrict__ step,
-                                             float* __restrict__ out,
-                                             int max_seq) {
-    pdl_wait();
-    pdl_trigger();
-    const int h = blockIdx.x, d = threadIdx.x;
-    const int seq = min(step[STEP_POS] + 1, max_seq);
-    const int chunk = chunk_len(seq);
-    const int splits = (seq + chunk - 1) / chunk;
-    const float* ml = part_ml + (long long)h * SPLITS * 2;
-    float m = NEG_INF;
-    for (int s = 0; s < splits; s++) m = fmaxf(m, ml[2 * s]);
-    float l = 0.0f, acc = 0.0f;
-    for (int s = 0; s < splits; s++) {
-        const float w = exp2f(ml[2 * s] - m);
-        l += ml[2 * s + 1] * w;
-        acc += part_o[((long long)h * SPLITS + s) * HEAD_DIM + d] * w;
+    // The last block of this KV head (and head group) to finish merges the splits, so no second
+    // kernel is needed: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+    const int splits = (seq + chunk - 1) / chunk;  // the splits holding positions
+    __threadfence();  // this block's partial result is visible before it is counted
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(&done[blockIdx.x], 1u) == (unsigned)splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (tid == 0) done[blockIdx.x] = 0;  // for the next launch (kernels after this one wait for it)
+
+    // A thread per 4 output values; it reads the max and sum of every split of its head itself
+    // (the lanes of a warp share a head: one broadcast load), so the splits' outputs and weights
+    // are requested together, in batches merged online.
+    constexpr int D4 = HEAD_DIM / 4, BATCH = SPLITS < 32 ? SPLITS : 32;
+    for (int i = tid; i < gb * D4; i += THREADS) {
+        const int g = i / D4, d = (i % D4) * 4;
+        const long long at = (long long)(h0 + g) * SPLITS;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float m = NEG_INF, l = 0.0f;
+        for (int s0 = 0; s0 < splits; s0 += BATCH) {
+            float2 ml[BATCH];
+            float4 v[BATCH];
+            float mb = m;
+#pragma unroll
+            for (int j = 0; j < BATCH; j++) {
+                const bool used = s0 + j < splits;
+                ml[j] = used ? ld_cg2(part_ml + 2 * (at + s0 + j)) : make_float2(NEG_INF, 0.0f);
+                v[j] = used ? ld_cg4(part_o + (at + s0 + j) * HEAD_DIM + d) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                mb = fmaxf(mb, ml[j].x);
+            }
+            const float alpha = exp2f(m - mb);  // 0 on the first batch (m = -inf, mb finite)
+            a.x *= alpha, a.y *= alpha, a.z *= alpha, a.w *= alpha;
+            l *= alpha;
+#pragma unroll
+            for (int j = 0; j < BATCH; j++) {
+                const float w = exp2f(ml[j].x - mb);  // 0 past the used splits
+                l += ml[j].y * w;
+                a.x += v[j].x * w, a.y += v[j].y * w, a.z += v[j].z * w, a.w += v[j].w * w;
+            }
+            m = mb;
+        }
+        *reinterpret_cast<float4*>(out + (long long)(h0 + g) * HEAD_DIM + d) =
+            make_float4(a.x / l, a.y / l, a.z / l, a.w / l);
     }
-    out[h * HEAD_DIM + d] = acc / l;
 }

@@ -176,7 +176,7 @@ impl KernelType {
             KernelType::AwqGemv { .. } => &["awq_gemv"],
             KernelType::HalfGemv { .. } => &["half_gemv"],
             KernelType::QkNormRope { .. } => &["qk_norm_rope"],
-            KernelType::Attention { .. } => &["attention_partial", "attention_combine"],
+            KernelType::Attention { .. } => &["attention"],
             KernelType::Argmax { .. } => &["argmax"],
             KernelType::KvDequant { .. } => &["kv_dequant"],
             KernelType::RowsF16 { .. } => &["rows_f16"],
@@ -269,7 +269,7 @@ fn kv_defines(kv: KvDtype, head_dim: u32) -> [(&'static str, u32); 2] {
 /// The cache key: family and parameters, e.g. `awq_gemv-k4096-n6144-group128-store`.
 impl fmt::Display for KernelType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let family = self.entry_points()[0].trim_end_matches("_partial");
+        let family = self.entry_points()[0];
         write!(f, "{family}")?;
         for (name, value) in self.defines() {
             match name {

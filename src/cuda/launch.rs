@@ -450,18 +450,20 @@ impl QkNormRope {
     }
 }
 
-/// Split-sequence decode attention and its scratch buffers for partial results.
+/// Split-sequence decode attention and its scratch buffers: the splits' partial results and, per
+/// KV head and head group, the count of splits done (the last one merges them; it resets the
+/// count, so the buffers serve every launch and every layer in stream order).
 pub struct Attention {
     ty: KernelType,
     pdl: bool,
-    partial: CudaFunction,
-    combine: CudaFunction,
+    f: CudaFunction,
     shape: HeadShape,
     kv: KvDtype,
     splits: usize,
     max_seq: usize,
     part_o: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
+    done: CudaSlice<u32>,
 }
 
 impl Attention {
@@ -476,7 +478,8 @@ impl Attention {
     /// Splits per KV head: about 256 blocks of 4 warps in all, i.e. about two per SM on an H100 or
     /// H200 (the register budget of the kernel allows two), all resident at once so a long context
     /// streams without a tail wave; each split then covers 1/32 of the sequence at the Qwen3-8B
-    /// shape. Short contexts use only as many splits as they have 16-position tiles.
+    /// shape. Short contexts use only as many splits as they have rounds of one tile per warp (64
+    /// positions with the fp16 cache, 128 with int8); the others exit at once.
     fn splits(shape: HeadShape) -> usize {
         (256 / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
@@ -498,14 +501,14 @@ impl Attention {
         Ok(Self {
             ty,
             pdl: ex.pdl(),
-            partial: ex.function(ty, "attention_partial")?,
-            combine: ex.function(ty, "attention_combine")?,
+            f: ex.function(ty, "attention")?,
             shape,
             kv,
             splits,
             max_seq,
             part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
             part_ml: ex.zeros(shape.n_heads * splits * 2, "attention scratch")?,
+            done: ex.zeros(shape.n_kv_heads * Self::head_groups(shape), "attention scratch")?,
         })
     }
 
@@ -530,11 +533,14 @@ impl Attention {
         let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
         let blocks = (sh.n_kv_heads * Self::head_groups(sh)) as u32;
-        // SAFETY: attention_partial reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV
-        // head, and their scales for int8 (the caches hold max_seq rows, checked above;
-        // HEAD_DIM % 32 == 0 keeps rows 16-byte aligned for its vector loads) and writes the
-        // scratch entries of the splits holding positions, sized for N_HEADS x SPLITS.
-        // attention_combine reads those same entries and writes out[0..N_HEADS*HEAD_DIM).
+        // SAFETY: reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV head, and their
+        // scales for int8 (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps
+        // rows 16-byte aligned for its vector loads); writes and reads back the scratch entries of
+        // the splits holding positions (sized for N_HEADS x SPLITS) and one counter per block of
+        // the grid's x dimension (`done` has that many), and writes out[0..N_HEADS*HEAD_DIM).
+        // Before its dependency wait it reads only step and the rows of earlier positions, which
+        // no kernel of the decode step writes (qk_norm_rope, the kernel before it, writes q and the
+        // current position's row).
         unsafe {
             Args::new()
                 .buf(s, q)
@@ -545,18 +551,12 @@ impl Attention {
                 .buf(s, step)
                 .buf_mut(s, &mut self.part_o)
                 .buf_mut(s, &mut self.part_ml)
-                .int(max_seq)
-                .float(scale)
-                .launch(s, &self.partial, cfg((blocks, self.splits as u32), 128), self.pdl)?;
-            Args::new()
-                .buf(s, &self.part_o)
-                .buf(s, &self.part_ml)
-                .buf(s, step)
+                .buf_mut(s, &mut self.done)
                 .buf_mut(s, out)
                 .int(max_seq)
-                .launch(s, &self.combine, cfg((sh.n_heads as u32, 1), sh.head_dim as u32), self.pdl)?;
+                .float(scale)
+                .launch(s, &self.f, cfg((blocks, self.splits as u32), 128), self.pdl)
         }
-        Ok(())
     }
 }
 
