@@ -19,6 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, help="KV-cache positions (default: the model's maximum)")
     p.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "q8"])
     p.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
+    p.add_argument("--prefill-chunk", type=int, default=1024, help="prompt positions per batched pass (0: one by one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while loading")
     p.add_argument("-v", "--verbose", action="store_true", help="log load and compile events")
 
@@ -94,6 +95,7 @@ def _load(args):
         max_seq_len=args.max_seq_len,
         kv_cache_dtype=args.kv_cache_dtype,
         cuda_graphs=not args.no_cuda_graphs,
+        prefill_chunk=args.prefill_chunk,
         revision=args.revision,
         progress=False if args.no_progress else None,
     )
