@@ -242,9 +242,9 @@ __device__ __forceinline__ u64 block_exclusive_scan(u64 x, u64* scratch, u64& to
 // The lowest key k among tokens with key >= `lower` such that the weight of tokens with larger keys
 // is below `target` (weight: 1 per token, or its mass). With target = top_k that is the k-th largest
 // value; with target = ceil(top_p * kept mass) it is the smallest value top_p keeps. Needs
-// 1 <= target <= total weight of the tokens >= lower.
+// 1 <= target <= total weight of the tokens >= lower. `slots`: one word per thread.
 template <bool BY_MASS>
-__device__ unsigned radix_select(const View& v, u64 target, unsigned lower, u64* hist, u64* scratch,
+__device__ unsigned radix_select(const View& v, u64 target, unsigned lower, u64* hist, u64* slots, u64* scratch,
                                  unsigned* sel_bin, u64* sel_gt) {
     const int tid = threadIdx.x, lane = tid & 31;
     unsigned prefix = 0, pmask = 0;
@@ -261,12 +261,18 @@ __device__ unsigned radix_select(const View& v, u64 target, unsigned lower, u64*
             const unsigned k = key_of(x);
             const bool in = i < N && k >= lower && (k & pmask) == prefix;
             const unsigned bin = in ? (k >> shift) & dmask : 0xffffffffu;
+            // One atomic per distinct bin in the warp (the first lane of the bin adds the group's).
+            const unsigned peers = __match_any_sync(FULL_MASK, bin);
             if (BY_MASS) {
-                const u64 w = in ? v.mass(x) : 0;
-                if (w) atomicAdd(&hist[bin], w);
+                slots[tid] = in ? v.mass(x) : 0;
+                __syncwarp();
+                if (in && __ffs(peers) - 1 == lane) {
+                    u64 w = 0;
+                    for (unsigned m = peers; m; m &= m - 1) w += slots[(tid & ~31) + __ffs(m) - 1];
+                    if (w) atomicAdd(&hist[bin], w);
+                }
+                __syncwarp();  // slots are rewritten next round
             } else {
-                // One atomic per distinct bin in the warp.
-                const unsigned peers = __match_any_sync(FULL_MASK, bin);
                 if (in && __ffs(peers) - 1 == lane) atomicAdd(&hist[bin], (u64)__popc(peers));
             }
         }
@@ -525,7 +531,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             __syncthreads();  // cand is the radix histogram below
         }
         if (!done) {
-            if (by_k) lower = radix_select<false>(v, (u64)p.top_k, 0, cand, scratch, &sel_bin, &sel_u64);
+            if (by_k) lower = radix_select<false>(v, (u64)p.top_k, 0, cand, mine_s, scratch, &sel_bin, &sel_u64);
             if (by_p) {
                 u64 z = 0;
                 for (int i = tid; i < N; i += SAMPLE_THREADS) {
@@ -536,7 +542,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 block_exclusive_scan(z, scratch, total);
                 // Kept: tokens whose more likely tokens hold less than top_p of the mass (the max always).
                 const u64 target = top_p_target(p.top_p, total);
-                const unsigned t = radix_select<true>(v, target, lower, cand, scratch, &sel_bin, &sel_u64);
+                const unsigned t = radix_select<true>(v, target, lower, cand, mine_s, scratch, &sel_bin, &sel_u64);
                 lower = t > lower ? t : lower;
             }
         }
