@@ -587,7 +587,8 @@ impl Argmax {
             format!("x {}, out {}", x.len(), out.len())
         })?;
         let advance = advance as i32;
-        // SAFETY: reads x[0..N), writes out[0] (and out[1] when advancing); checked above.
+        // SAFETY: reads x[0..N) (as float4: a whole allocation is 256-byte aligned), writes out[0]
+        // (and out[1] when advancing); checked above.
         unsafe {
             Args::new().buf(s, x).buf_mut(s, out).int(advance).launch(s, &self.f, cfg((1, 1), 1024), self.pdl)
         }
@@ -737,7 +738,7 @@ impl Sample {
         // SAFETY: one block of 1024 threads (the kernel's fixed size) reads logits[0..N), the
         // PARAM_WORDS parameter words and presence words [0, N/32), reads and writes step[0..2) and
         // one presence word of the sampled token (< N); all lengths checked above. Shared memory is
-        // static (16.5 KiB).
+        // static (41.5 KiB). The kernel reads logits as float4: a whole allocation is 256-byte aligned.
         unsafe {
             Args::new().buf(s, logits).buf(s, params).buf_mut(s, presence).buf_mut(s, step).launch(
                 s,
