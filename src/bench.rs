@@ -238,6 +238,7 @@ pub fn sampling_cases(ex: &Executor) -> Result<Vec<Case>> {
     let settings = [
         ("sample temperature 0.8", sampling(0.8, 0, 1.0, 0.0, 1.0)),
         ("sample top_p 0.9", sampling(1.0, 0, 0.9, 0.0, 1.0)),
+        ("sample top_p 0.95", sampling(1.0, 0, 0.95, 0.0, 1.0)),
         ("sample t0.6 top_k 20 top_p 0.95", sampling(0.6, 20, 0.95, 0.0, 1.0)),
         ("sample all processors", sampling(0.7, 50, 0.9, 0.05, 1.1)),
     ];
