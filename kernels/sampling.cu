@@ -28,8 +28,12 @@
 //     256th and 1024th largest per-thread maxima, gathering the former. A bound whose tokens weigh
 //     at least ceil(top_p * Z) holds the threshold, so the candidates above it (gathered again for
 //     the 1024th) decide it exactly as above.
-//   * Otherwise (top_k > 1024, more than CAND candidates, a bound too light): radix select over all
-//     logits (three histogram passes of 11, 11 and 10 key bits), then a pass for the kept mass.
+//   * Otherwise (top_k > 1024, more than CAND candidates, a bound too light): top_k by radix select
+//     over all logits (three histogram passes of 11, 11 and 10 key bits); top_p by a histogram of
+//     the masses over 2048 bins of the distance below the max (1/64 of the temperature each), then
+//     a pass that sums each thread's mass in the bins above the one holding the threshold and
+//     gathers that bin's tokens, which decide it exactly (top_p_select); radix select again where
+//     the bin holds more than CAND tokens. Then a pass for the kept mass, unless top_p gave it.
 //   * Temperature and min_p alone: one pass sums each thread's kept mass.
 //
 // Parameters live in device memory (written before generation), so one captured launch serves
@@ -302,6 +306,168 @@ __device__ unsigned radix_select(const View& v, u64 target, unsigned lower, u64*
     return prefix;
 }
 
+// The bin of a token for top_p's mass histogram: its distance below the max in 1/64 of the
+// temperature (bin 0: the max; the largest values take the lowest bins; 2047 collects the rest).
+// Correctly rounded subtraction and multiplication are monotone, so the bin never rises with the
+// value: equal values share a bin, and every token of a lower bin has a larger key.
+__device__ __forceinline__ unsigned mass_bin(float x, float max, float scale) {
+    if (!(x < max)) return 0;
+    const float d = __fmul_rn(__fsub_rn(max, x), scale);
+    return d < (float)(RADIX_BINS - 1) ? (unsigned)d : (unsigned)(RADIX_BINS - 1);
+}
+
+// top_p's threshold among the tokens with key >= lower: the key radix_select<true> finds with
+// target ceil(top_p * their mass), in two passes. Pass 1 sums the masses and histograms them by
+// mass_bin (tokens of mass 0 left out: they never hold the threshold); the bin where the running
+// mass, from bin 0 up, reaches the target holds the threshold. Pass 2 sums each thread's mass in
+// the bins below (kept whatever the threshold) and gathers the tokens of that bin, which are
+// sorted by key to find the threshold exactly and add their kept masses. Where the bin holds more
+// than CAND tokens (or no bin is found: an infinite max), radix_select decides, over the keys
+// from the bin's lowest up when known. *filled: mine_s[] holds each thread's kept mass (min_p
+// applied; 0: off); otherwise the caller sums it.
+__device__ unsigned top_p_select(const View& v, float top_p, unsigned lower, float min_p, u64* cand, u64* mine_s,
+                                 u64* scratch, unsigned* sel_bin, u64* sel_u64, unsigned* sel_min, int* cand_n,
+                                 bool& filled) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    u64* hist = cand;                // RADIX_BINS bins
+    u64* slots = cand + RADIX_BINS;  // one word per thread
+    const float scale = 64.0f / v.temperature;
+    filled = false;
+    for (int b = tid; b < RADIX_BINS; b += SAMPLE_THREADS) hist[b] = 0;
+    __syncthreads();
+    u64 z = 0;
+    for_each_quad(v, [&](int, bool in, float x) {
+        const u64 w = in && key_of(x) >= lower ? v.mass(x) : 0ull;
+        z += w;
+        const unsigned bin = w ? mass_bin(x, v.max, scale) : 0xffffffffu;
+        // One atomic per distinct bin in the warp (the first lane of the bin adds the group's).
+        const unsigned peers = __match_any_sync(FULL_MASK, bin);
+        slots[tid] = w;
+        __syncwarp();
+        if (w && __ffs(peers) - 1 == lane) {
+            u64 s = 0;
+            for (unsigned m = peers; m; m &= m - 1) s += slots[(tid & ~31) + __ffs(m) - 1];
+            atomicAdd(&hist[bin], s);
+        }
+        __syncwarp();  // slots are rewritten next call
+    });
+    __syncthreads();
+    u64 total;
+    block_exclusive_scan(z, scratch, total);
+    const u64 target = top_p_target(top_p, total);
+    // Bins 2t and 2t+1 belong to thread t; above(b) = weight in bins below b (larger values). The
+    // bin sought has above(b) < target <= above(b) + h(b) (unique: above rises with b).
+    const u64 h0 = hist[2 * tid], h1 = hist[2 * tid + 1];
+    u64 all;
+    const u64 before = block_exclusive_scan(h0 + h1, scratch, all);
+    if (tid == 0) *sel_bin = 0xffffffffu;
+    __syncthreads();
+    if (before < target && before + h0 >= target) {
+        *sel_bin = 2 * tid;
+        *sel_u64 = before;
+    } else if (before + h0 < target && before + h0 + h1 >= target) {
+        *sel_bin = 2 * tid + 1;
+        *sel_u64 = before + h0;
+    }
+    __syncthreads();
+    const unsigned bsel = *sel_bin;
+    const bool inf_max = __float_as_uint(v.max) == 0x7f800000u;
+    if (bsel == 0xffffffffu || inf_max) {
+        __syncthreads();  // every thread has read sel_bin and hist
+        return radix_select<true>(v, target, lower, cand, mine_s, scratch, sel_bin, sel_u64);
+    }
+    const u64 rest = target - *sel_u64;  // in [1, h(bsel)]
+    __syncthreads();                     // every thread has read hist and sel_*
+    if (tid == 0) {
+        *cand_n = 0;
+        *sel_min = 0xffffffffu;
+    }
+    __syncthreads();
+    // Thread-major pass (thread t: tokens t, t + 1024, ..., the order of the draw).
+    u64 mine = 0;
+#pragma unroll 1
+    for (int r0 = 0; r0 < ROUNDS; r0 += STRIDED_IN_FLIGHT) {
+        float raw[STRIDED_IN_FLIGHT];
+        unsigned wd[STRIDED_IN_FLIGHT];
+#pragma unroll
+        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
+            const int i = (r0 + u) * SAMPLE_THREADS + tid;
+            raw[u] = i < N ? v.logits[i] : NEG_INF;
+            wd[u] = v.penalty != 1.0f && i < N ? v.presence[i >> 5] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
+            const int i = (r0 + u) * SAMPLE_THREADS + tid;
+            const float x = v.fix(raw[u], (wd[u] >> (i & 31)) & 1u);
+            const unsigned k = key_of(x);
+            const unsigned bin = i < N && k >= lower ? mass_bin(x, v.max, scale) : 0xffffffffu;
+            const u64 w = bin <= bsel ? v.mass(x) : 0ull;
+            if (bin < bsel && (min_p <= 0.0f || v.relative(x) >= min_p)) mine += w;
+            const bool want = bin == bsel && w != 0ull;
+            if (want) atomicMin(sel_min, k);
+            push(want, k, i, cand, cand_n);
+        }
+    }
+    __syncthreads();
+    const int n = *cand_n;
+    if (n > CAND) {
+        // Too many to sort: the threshold is one of the bin's keys, so search from its lowest.
+        const unsigned from = *sel_min;
+        __syncthreads();  // every thread has read cand_n and sel_min
+        return radix_select<true>(v, target, from, cand, mine_s, scratch, sel_bin, sel_u64);
+    }
+    // Sort the bin's tokens by key, largest first (padding 0 is below every token).
+    if (n <= SAMPLE_THREADS) {
+        const u64 c = sort_1024_desc(tid < n ? cand[tid] : 0ull, mine_s);
+        __syncthreads();
+        cand[tid] = c;
+    } else {
+        int s = SAMPLE_THREADS;
+        while (s < n) s <<= 1;
+        for (int j = n + tid; j < s; j += SAMPLE_THREADS) cand[j] = 0;
+        sort_shared_desc(cand, s);
+    }
+    __syncthreads();
+    // The first candidate where the running mass reaches what is left of the target; the tokens
+    // of lower bins and larger keys in this bin weigh less than the target, so it is the threshold.
+    unsigned ck[CAND_PER_THREAD];
+    u64 w[CAND_PER_THREAD], m = 0;
+#pragma unroll
+    for (int e = 0; e < CAND_PER_THREAD; ++e) {
+        const int j = CAND_PER_THREAD * tid + e;
+        ck[e] = j < n ? (unsigned)(cand[j] >> 32) : 0u;
+        w[e] = j < n ? v.mass(float_of_key(ck[e])) : 0ull;
+        m += w[e];
+    }
+    if (tid == 0) *sel_bin = 0;  // ordered before the writes below by the scan's barriers
+    u64 sum;
+    u64 run = block_exclusive_scan(m, scratch, sum);
+#pragma unroll
+    for (int e = 0; e < CAND_PER_THREAD; ++e) {
+        if (run < rest && run + w[e] >= rest) *sel_bin = ck[e];
+        run += w[e];
+    }
+    __syncthreads();
+    const unsigned t = *sel_bin;
+    if (t == 0u) {  // cannot happen: the bin's tokens weigh h(bsel) >= rest
+        __syncthreads();
+        return radix_select<true>(v, target, lower, cand, mine_s, scratch, sel_bin, sel_u64);
+    }
+    // Each thread's kept mass: the lower bins' (above), and the bin's tokens with keys >= t, to
+    // their owners in the draw order.
+    mine_s[tid] = mine;
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < CAND_PER_THREAD; ++e) {
+        const int j = CAND_PER_THREAD * tid + e;
+        if (j < n && ck[e] >= t && w[e] && (min_p <= 0.0f || v.relative(float_of_key(ck[e])) >= min_p))
+            atomicAdd(&mine_s[(unsigned)cand[j] % SAMPLE_THREADS], w[e]);
+    }
+    __syncthreads();
+    filled = true;
+    return t;
+}
+
 // The thread t whose [exclusive prefix, + x) range holds u (x > 0 there); -1 when none (u >= total).
 __device__ __forceinline__ int find_range(u64 x, u64 u, u64* scratch, int* sel, u64* sel_before) {
     u64 total;
@@ -357,6 +523,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     __shared__ float best_v[SAMPLE_WARPS];
     __shared__ int best_i[SAMPLE_WARPS];
     __shared__ unsigned sel_bin;
+    __shared__ unsigned sel_min;
     __shared__ u64 sel_u64;
     __shared__ int sel_int;
     __shared__ int cand_n;
@@ -412,7 +579,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         const float cut = -29.9f * p.temperature;
         const bool by_k = p.top_k > 0 && p.top_k < N, by_p = p.top_p < 1.0f, min_p = p.min_p > 0.0f;
         unsigned lower = 0;
-        bool done = false;  // lower and mine_s[] come from the candidates
+        bool done = false;  // mine_s[] holds each thread's kept mass (lower is final)
         if (by_k || by_p) {
             // The per-thread maxima, largest first: at least j tokens have keys >= the j-th.
             const u64 m = sort_1024_desc(((u64)my_key << 32) | (unsigned)tid, mine_s);
@@ -533,16 +700,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (!done) {
             if (by_k) lower = radix_select<false>(v, (u64)p.top_k, 0, cand, mine_s, scratch, &sel_bin, &sel_u64);
             if (by_p) {
-                u64 z = 0;
-                for (int i = tid; i < N; i += SAMPLE_THREADS) {
-                    const float x = v.value(i);
-                    if (key_of(x) >= lower) z += v.mass(x);
-                }
-                u64 total;
-                block_exclusive_scan(z, scratch, total);
                 // Kept: tokens whose more likely tokens hold less than top_p of the mass (the max always).
-                const u64 target = top_p_target(p.top_p, total);
-                const unsigned t = radix_select<true>(v, target, lower, cand, mine_s, scratch, &sel_bin, &sel_u64);
+                const unsigned t = top_p_select(v, p.top_p, lower, min_p ? p.min_p : 0.0f, cand, mine_s, scratch,
+                                                &sel_bin, &sel_u64, &sel_min, &cand_n, done);
                 lower = t > lower ? t : lower;
             }
         }
