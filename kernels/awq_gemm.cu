@@ -29,8 +29,7 @@
 #define NT (WT / 8)  // n8 tiles per warp
 #define STAGES 3
 #define XP 80  // token-row pitch in halves: 64 inputs + 16 pad, so the B loads of a warp hit distinct banks
-#define BTILES (4 * MT)         // 16-row weight tiles per block
-#define W_STAGE (BTILES * 32)   // uint4 per stage: a fragment per tile and lane
+#define W_STAGE (8 * 32)        // uint4 per stage: 8 tiles x 32 lanes
 #define X_STAGE (BT * XP / 8)   // uint4 per stage
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
@@ -65,7 +64,7 @@ __device__ __forceinline__ void mma_f16(float* c, const unsigned* a, uint2 b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
 }
 
-extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
+extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
                                                           const float* __restrict__ x_scale,  // [M]
                                                           const uint4* __restrict__ w,
                                                           const f16_t* __restrict__ s,
@@ -76,8 +75,8 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
     extern __shared__ uint4 smem[];  // STAGES x (W_STAGE + X_STAGE)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile0 = blockIdx.x * BTILES, tok0 = blockIdx.y * BT;
-    const int wr = warp & 3, wt = warp >> 2;  // this warp: tiles tile0 + MT wr + [0, MT), tokens tok0 + WT wt + ...
+    const int tile0 = blockIdx.x * 8, tok0 = blockIdx.y * BT;
+    const int wr = warp & 3, wt = warp >> 2;  // this warp: tiles tile0 + 2 wr + {0, 1}, tokens tok0 + 64 wt + ...
     const int nkb = NKB / gridDim.z, kb0 = blockIdx.z * nkb;  // this split's 64-input blocks
 
     pdl_wait();
@@ -86,12 +85,9 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
         const int kb = kb0 + i;
         uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
         uint4* xs = ws + W_STAGE;
-#pragma unroll
-        for (int j = 0; j < MT / 2; j++) {
-            const int tile = tile0 + (tid >> 5) + 8 * j;
-            const bool tile_ok = tile < TILES;
-            cp_async16(ws + tid + 256 * j, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
-        }
+        const int tile = tile0 + (tid >> 5);
+        const bool tile_ok = tile < TILES;
+        cp_async16(ws + tid, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
 #pragma unroll
         for (int j = 0; j < BT / 32; j++) {
             const int c = tid + 256 * j, r = c >> 3, col = c & 7;  // token row, 16-byte column
@@ -106,12 +102,12 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
         cp_async_commit();
     }
 
-    float acc[MT][NT][4];
+    float acc[2][NT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+    for (int mt = 0; mt < 2; mt++)
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
-    unsigned neg_z[MT][2], s2[MT][2];  // per tile, per row half (g, g + 8)
+    unsigned neg_z[2][2], s2[2][2];  // per tile, per row half (g, g + 8)
 
 
     for (int i = 0; i < nkb; i++) {
@@ -124,8 +120,8 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
         if (kb % KB_PER_G == 0) {
             const int gi = kb / KB_PER_G;
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                const int tile = min(tile0 + MT * wr + mt, TILES - 1);
+            for (int mt = 0; mt < 2; mt++) {
+                const int tile = min(tile0 + 2 * wr + mt, TILES - 1);
                 const long long at = (long long)tile * (K / GROUP) + gi;
                 const unsigned long long zw = z[at];
 #pragma unroll
@@ -137,14 +133,12 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
         }
         const uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
         const uint2* xs = reinterpret_cast<const uint2*>(ws + W_STAGE);
-        uint4 wf[MT];
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) wf[mt] = ws[(MT * wr + mt) * 32 + lane];
+        const uint4 wf[2] = {ws[(2 * wr) * 32 + lane], ws[(2 * wr + 1) * 32 + lane]};
 #pragma unroll
         for (int j = 0; j < 4; j++) {  // 16-input mma steps
-            unsigned a[MT][4];
+            unsigned a[2][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
+            for (int mt = 0; mt < 2; mt++) {
                 const unsigned word = j == 0 ? wf[mt].x : j == 1 ? wf[mt].y : j == 2 ? wf[mt].z : wf[mt].w;
 #pragma unroll
                 for (int i = 0; i < 4; i++) a[mt][i] = dequant_f16(word, i, neg_z[mt][i & 1], s2[mt][i & 1]);
@@ -153,8 +147,8 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
             for (int nt = 0; nt < NT; nt++) {
                 // Inputs 16 j + 4 t .. + 3 of token WT wt + 8 nt + g (the repack's column permutation).
                 const uint2 b = xs[(WT * wt + 8 * nt + g) * (XP / 4) + 4 * j + t];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) mma_f16(acc[mt][nt], a[mt], b);
+                mma_f16(acc[0][nt], a[0], b);
+                mma_f16(acc[1][nt], a[1], b);
             }
         }
     }
@@ -171,8 +165,8 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
             const float f = x_scale[m];
             if (gridDim.z > 1) {  // raw sums of this split, for awq_gemm_reduce
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    const int tile = tile0 + MT * wr + mt;
+                for (int mt = 0; mt < 2; mt++) {
+                    const int tile = tile0 + 2 * wr + mt;
                     if (tile >= TILES) continue;
 #pragma unroll
                     for (int h = 0; h < 2; h++)
@@ -182,20 +176,18 @@ extern "C" __global__ void __launch_bounds__(256, MT == 2 ? 2 : 1) awq_gemm(cons
                 continue;
             }
 #if MODE == 2
-#pragma unroll
-            for (int mp = 0; mp < MT; mp += 2) {
-                const int pair = (tile0 + MT * wr + mp) >> 1;  // gate tile 2 pair, up tile 2 pair + 1
-                if (2 * pair >= TILES) continue;
+            const int pair = (tile0 >> 1) + wr;  // gate tile 2 pair, up tile 2 pair + 1
+            if (2 * pair < TILES) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const float gate = acc[mp][nt][2 * h + e] * f, up = acc[mp + 1][nt][2 * h + e] * f;
+                    const float gate = acc[0][nt][2 * h + e] * f, up = acc[1][nt][2 * h + e] * f;
                     y[(long long)m * N + 16 * pair + g + 8 * h] = gate / (1.0f + expf(-gate)) * up;
                 }
             }
 #else
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                const int tile = tile0 + MT * wr + mt;
+            for (int mt = 0; mt < 2; mt++) {
+                const int tile = tile0 + 2 * wr + mt;
                 if (tile >= TILES) continue;
 #pragma unroll
                 for (int h = 0; h < 2; h++) {

@@ -228,13 +228,7 @@ impl KernelType {
             KernelType::Argmax { n } => vec![("N", n)],
             KernelType::RowsF16 { k, norm } => vec![("K", k), ("NORM", norm as u32)],
             KernelType::AwqGemm { k, n, group, epilogue } => {
-                vec![
-                    ("K", k),
-                    ("N", n),
-                    ("GROUP", group),
-                    ("MODE", epilogue as u32),
-                    ("MT", gemm_mt() as u32),
-                ]
+                vec![("K", k), ("N", n), ("GROUP", group), ("MODE", epilogue as u32)]
             }
             KernelType::AttentionPrefill { head_dim, n_heads, n_kv_heads, kv } => {
                 let mut d = vec![("HEAD_DIM", head_dim), ("N_HEADS", n_heads), ("N_KV_HEADS", n_kv_heads)];
@@ -268,11 +262,6 @@ impl KernelType {
     }
 }
 
-/// 16-row weight tiles per warp of the prompt GEMM (being measured: 2 or 4).
-pub fn gemm_mt() -> usize {
-    std::env::var("QWEN3_RS_GEMM_MT").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
-}
-
 fn kv_defines(kv: KvDtype, head_dim: u32) -> [(&'static str, u32); 2] {
     [("KV_Q8", (kv == KvDtype::Q8) as u32), ("Q8_BLOCK", KvDtype::q8_block(head_dim as usize) as u32)]
 }
@@ -284,7 +273,7 @@ impl fmt::Display for KernelType {
         write!(f, "{family}")?;
         for (name, value) in self.defines() {
             match name {
-                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" | "Q8_BLOCK" | "MT" => {}
+                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" | "Q8_BLOCK" => {}
                 "KV_Q8" => write!(f, "-{}", if value == 1 { "q8" } else { "fp16" })?,
                 _ => write!(f, "-{}{value}", name.to_lowercase())?,
             }

@@ -766,20 +766,16 @@ pub struct AwqGemm {
 impl AwqGemm {
     /// Shared memory: 3 pipeline stages of 4 KiB of weight fragments and a 128-token x 64-input
     /// fp16 tile with a pitch of 80 halves.
-    fn shared_bytes() -> usize {
-        3 * (4 * crate::cuda::kernel::gemm_mt() * 32 * 16 + 128 * 80 * 2)
-    }
+    const SHARED_BYTES: usize = 3 * (8 * 32 * 16 + 128 * 80 * 2);
     /// Weight rows and tokens of one block.
-    fn block() -> (usize, usize) {
-        (64 * crate::cuda::kernel::gemm_mt(), 128)
-    }
+    const BLOCK: (usize, usize) = (128, 128);
 
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
         let ty = KernelType::AwqGemm { k: k as u32, n: n as u32, group: group as u32, epilogue };
         let f = ex.function(ty, "awq_gemm")?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            Self::shared_bytes() as i32,
+            Self::SHARED_BYTES as i32,
         )?;
         let reduce = ex.function(ty, "awq_gemm_reduce")?;
         Ok(Self { ty, pdl: ex.pdl(), f, reduce, k, n, group, epilogue, sm_count: ex.sm_count() })
@@ -796,7 +792,7 @@ impl AwqGemm {
     /// K splits for `rows` tokens: doubled while the grid has fewer than two blocks per SM (two
     /// fit on one), each split keeps whole groups, and the partial sums fit in `scratch` floats.
     pub fn splits(&self, rows: usize, scratch: usize) -> usize {
-        let blocks = self.weight_rows().div_ceil(Self::block().0) * rows.div_ceil(Self::block().1);
+        let blocks = self.weight_rows().div_ceil(Self::BLOCK.0) * rows.div_ceil(Self::BLOCK.1);
         let groups = self.k / self.group;
         let mut s = 1;
         while blocks * s < 2 * self.sm_count
@@ -836,10 +832,9 @@ impl AwqGemm {
             || format!("{rows} rows, x {}, weight {}x{}, y {}", x.len(), w.rows, w.k, y.len()),
         )?;
         let splits = self.splits(rows, scratch.len());
-        let mut c =
-            cfg((w_rows.div_ceil(Self::block().0) as u32, rows.div_ceil(Self::block().1) as u32), 256);
+        let mut c = cfg((w_rows.div_ceil(Self::BLOCK.0) as u32, rows.div_ceil(Self::BLOCK.1) as u32), 256);
         c.grid_dim.2 = splits as u32;
-        c.shared_mem_bytes = Self::shared_bytes() as u32;
+        c.shared_mem_bytes = Self::SHARED_BYTES as u32;
         let n_out = rows * self.n;
         // SAFETY: reads x[0..rows*K), x_scale[0..rows) and the tiles of w below its row count
         // (tiles past the end and rows past `rows` are zero-filled, never read); with one split it
