@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fixtures import FIXTURES, greedy_prompt, long_prompt, write_checkpoint
+from fixtures import FIXTURES, PROMPT_NORM_ERR_BUDGET, greedy_prompt, long_prompt, write_checkpoint
 from reference import forward
 
 pytestmark = pytest.mark.gpu
@@ -50,7 +50,7 @@ def test_placements_agree(deep_model, kv):
     if kv == "fp16":
         r = forward(weights, cfg, ids)
         err = np.linalg.norm(ref - r, axis=1) / np.linalg.norm(r, axis=1)
-        assert err.max() < 3e-3
+        assert err.max() < PROMPT_NORM_ERR_BUDGET  # logits come from the prompt path
     prompt = greedy_prompt(spec)
     tokens = one.generate(prompt, max_new_tokens=32, ignore_eos=True)
     assert split.generate(prompt, max_new_tokens=32, ignore_eos=True) == tokens
