@@ -157,6 +157,30 @@ __device__ __forceinline__ void for_each_quad(const View& v, F f) {
     }
 }
 
+// Calls f(i, x) for the tokens of this thread in the draw's order (i = tid, tid + 1024, ...; x: the
+// penalized logit, -inf for i >= N), with STRIDED_IN_FLIGHT loads issued at a time. Every thread makes
+// the same calls (f may use warp collectives).
+template <typename F>
+__device__ __forceinline__ void for_each_strided(const View& v, F f) {
+    const int tid = threadIdx.x;
+#pragma unroll 1
+    for (int r0 = 0; r0 < ROUNDS; r0 += STRIDED_IN_FLIGHT) {
+        float raw[STRIDED_IN_FLIGHT];
+        unsigned w[STRIDED_IN_FLIGHT];
+#pragma unroll
+        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
+            const int i = (r0 + u) * SAMPLE_THREADS + tid;
+            raw[u] = i < N ? v.logits[i] : NEG_INF;
+            w[u] = v.penalty != 1.0f && i < N ? v.presence[i >> 5] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
+            const int i = (r0 + u) * SAMPLE_THREADS + tid;
+            f(i, v.fix(raw[u], (w[u] >> (i & 31)) & 1u));
+        }
+    }
+}
+
 // Appends (key << 32 | i) to cand[] where `want` (the whole warp calls it together); *count counts
 // every append, also those past CAND, which are dropped.
 __device__ __forceinline__ void push(bool want, unsigned key, int i, u64* cand, int* count) {
@@ -385,29 +409,15 @@ __device__ unsigned top_p_select(const View& v, float top_p, unsigned lower, flo
     __syncthreads();
     // Thread-major pass (thread t: tokens t, t + 1024, ..., the order of the draw).
     u64 mine = 0;
-#pragma unroll 1
-    for (int r0 = 0; r0 < ROUNDS; r0 += STRIDED_IN_FLIGHT) {
-        float raw[STRIDED_IN_FLIGHT];
-        unsigned wd[STRIDED_IN_FLIGHT];
-#pragma unroll
-        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
-            const int i = (r0 + u) * SAMPLE_THREADS + tid;
-            raw[u] = i < N ? v.logits[i] : NEG_INF;
-            wd[u] = v.penalty != 1.0f && i < N ? v.presence[i >> 5] : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
-            const int i = (r0 + u) * SAMPLE_THREADS + tid;
-            const float x = v.fix(raw[u], (wd[u] >> (i & 31)) & 1u);
-            const unsigned k = key_of(x);
-            const unsigned bin = i < N && k >= lower ? mass_bin(x, v.max, scale) : 0xffffffffu;
-            const u64 w = bin <= bsel ? v.mass(x) : 0ull;
-            if (bin < bsel && (min_p <= 0.0f || v.relative(x) >= min_p)) mine += w;
-            const bool want = bin == bsel && w != 0ull;
-            if (want) atomicMin(sel_min, k);
-            push(want, k, i, cand, cand_n);
-        }
-    }
+    for_each_strided(v, [&](int i, float x) {
+        const unsigned k = key_of(x);
+        const unsigned bin = i < N && k >= lower ? mass_bin(x, v.max, scale) : 0xffffffffu;
+        const u64 w = bin <= bsel ? v.mass(x) : 0ull;
+        if (bin < bsel && (min_p <= 0.0f || v.relative(x) >= min_p)) mine += w;
+        const bool want = bin == bsel && w != 0ull;
+        if (want) atomicMin(sel_min, k);
+        push(want, k, i, cand, cand_n);
+    });
     __syncthreads();
     const int n = *cand_n;
     if (n > CAND) {
@@ -492,25 +502,10 @@ __device__ __forceinline__ u64 block_sum(u64 x, u64* scratch) {
 // Each thread's kept mass over its tokens tid, tid + 1024, ... (key >= lower, and min_p), reading
 // STRIDED_IN_FLIGHT logits at a time.
 __device__ __forceinline__ u64 kept_mass_strided(const View& v, unsigned lower, float min_p, float cut) {
-    const int tid = threadIdx.x;
     u64 mine = 0;
-#pragma unroll 1
-    for (int r0 = 0; r0 < ROUNDS; r0 += STRIDED_IN_FLIGHT) {
-        float raw[STRIDED_IN_FLIGHT];
-        unsigned w[STRIDED_IN_FLIGHT];
-#pragma unroll
-        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
-            const int i = (r0 + u) * SAMPLE_THREADS + tid;
-            raw[u] = i < N ? v.logits[i] : NEG_INF;
-            w[u] = v.penalty != 1.0f && i < N ? v.presence[i >> 5] : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < STRIDED_IN_FLIGHT; ++u) {
-            const int i = (r0 + u) * SAMPLE_THREADS + tid;
-            const float x = v.fix(raw[u], (w[u] >> (i & 31)) & 1u);
-            if (key_of(x) >= lower && (min_p <= 0.0f || v.relative(x) >= min_p)) mine += v.mass_or_zero(x, cut);
-        }
-    }
+    for_each_strided(v, [&](int, float x) {
+        if (key_of(x) >= lower && (min_p <= 0.0f || v.relative(x) >= min_p)) mine += v.mass_or_zero(x, cut);
+    });
     return mine;
 }
 

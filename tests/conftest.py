@@ -71,3 +71,17 @@ def make_model(tmp_path_factory):
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model_dir(make_model, tmp_path_factory):
+    """The gqa4_hd128 fixture checkpoint plus a tokenizer.json for its 512 ids."""
+    import shutil
+
+    from tiny_tokenizer import write_tiny_tokenizer
+
+    name = "gqa4_hd128"
+    dst = tmp_path_factory.mktemp("with_tokenizer") / name
+    shutil.copytree(make_model(name)[0], dst)
+    write_tiny_tokenizer(str(dst), fixtures.FIXTURES[name].vocab)
+    return str(dst)

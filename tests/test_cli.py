@@ -8,10 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from fixtures import FIXTURES
-from tiny_tokenizer import write_tiny_tokenizer
-
-NAME = "gqa4_hd128"
 
 
 def cli(*args, stdin=None, env=None):
@@ -71,11 +67,8 @@ def test_console_script():
 
 
 @pytest.fixture(scope="module")
-def model_dir(make_model, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("cli") / NAME
-    shutil.copytree(make_model(NAME)[0], dst)
-    write_tiny_tokenizer(str(dst), FIXTURES[NAME].vocab)
-    return str(dst)
+def model_dir(tokenizer_model_dir):
+    return tokenizer_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,11 @@ engine.logits, the first token's distribution), streaming, eos override, array i
 strings, load logging and progress."""
 
 import logging
-import shutil
 
 import numpy as np
 import pytest
 from fixtures import FIXTURES, greedy_prompt
 from sampling_reference import boundary_margin, check_draws, penalize, reference_probs
-from tiny_tokenizer import write_tiny_tokenizer
 
 qwen3_rs = pytest.importorskip("qwen3_rs")
 errors = qwen3_rs.errors
@@ -22,12 +20,8 @@ STEPS = 32
 
 
 @pytest.fixture(scope="module")
-def model_dir(make_model, tmp_path_factory):
-    """The fixture checkpoint plus a tokenizer.json for its 512 ids."""
-    dst = tmp_path_factory.mktemp("with_tokenizer") / NAME
-    shutil.copytree(make_model(NAME)[0], dst)
-    write_tiny_tokenizer(str(dst), FIXTURES[NAME].vocab)
-    return str(dst)
+def model_dir(tokenizer_model_dir):
+    return tokenizer_model_dir
 
 
 @pytest.fixture(scope="module")
