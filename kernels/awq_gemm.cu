@@ -12,13 +12,29 @@
 // along tokens; each warp owns 2 tiles x 64 tokens (2 x 8 m16n8 accumulators). Weight fragments
 // (4 KiB per 64 inputs) and the fp16 token tile (16 KiB per 64 inputs) stream into shared memory
 // through a STAGES-deep cp.async pipeline; two blocks per SM (<= 128 registers a thread) overlap one
-// block's loads and epilogue with the other's mma.
+// block's loads and epilogue with the other's tensor-core work.
+// Token rows sit in shared memory as 128-byte rows whose 16-byte chunks are XOR-swizzled by the
+// row (chunk c of row r at c ^ (r % 8)): the layout Hopper's wgmma reads, and conflict-free for the
+// fragment loads of the mma.sync path.
+// - sm_90a (Hopper): each group of 4 warps (a warpgroup) issues wgmma m64n64k16 with the weight
+//   fragments it dequantized in registers as A (warp w supplies rows 16w..16w+15: its tile) and the
+//   token tile read by the tensor cores straight from shared memory as B. One instruction replaces
+//   16 mma.sync and all fragment loads of x, which left the older design issue-bound.
+// - Other GPUs: mma.sync m16n8k16 with x fragments loaded from shared memory.
+// The weight layout permutes the 16 inputs of each mma step (awq_repack.cu); rows_f16.cu writes x in
+// the same order, so the B operand of either path is a plain run of 16 halves.
 // Few tokens leave few blocks, so the host may also split K over gridDim.z (whole groups per split):
 // each split then writes its raw sums to `partial` [splits][M][ROWS] and awq_gemm_reduce adds them
 // in a fixed order and applies the epilogue (deterministic, unlike atomics).
 // Defines: K, N (outputs; MODE 2 reads 2N weight rows), GROUP (multiple of 64), MODE.
 //   MODE 0: y[m][n] = ...   MODE 1: y[m][n] += ... (residual add)
 //   MODE 2: y[m][n] = silu(gate) * up, weight tiles interleaved gate, up (awq_linear.rs Interleave)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WGMMA 1
+#else
+#define WGMMA 0
+#endif
 
 #define ROWS (MODE == 2 ? 2 * N : N)
 #define TILES (ROWS / 16)
@@ -27,14 +43,17 @@
 #define BT 128       // tokens per block
 #define WT (BT / 2)  // tokens per warp
 #define NT (WT / 8)  // n8 tiles per warp
-#define STAGES 3
-#define XP 80  // token-row pitch in halves: 64 inputs + 16 pad, so the B loads of a warp hit distinct banks
-#define W_STAGE (8 * 32)        // uint4 per stage: 8 tiles x 32 lanes
-#define X_STAGE (BT * XP / 8)   // uint4 per stage
+#define STAGES 4
+#define X_BYTES (BT * 128)               // token tile per stage: 128 rows of 64 fp16 inputs
+#define STAGE_BYTES (X_BYTES + 8 * 512)  // then the weight fragments: 8 tiles x 32 lanes x 16 bytes
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    unsigned dst;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(dst) : "l"(smem));
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* gmem, bool valid) {
     const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(bytes));
 }
@@ -46,6 +65,9 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N_PENDING));
 }
 
+// Byte offset of 16-byte chunk c of token row r in a stage's token tile.
+__device__ __forceinline__ unsigned x_chunk(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
 // Fragment register i of one mma step, dequantized to fp16x2: 1024 + q by the fp16 magic, minus
 // (1024 + z) exactly, times the scale.
 __device__ __forceinline__ unsigned dequant_f16(unsigned word, int i, unsigned neg_z, unsigned s2) {
@@ -56,13 +78,42 @@ __device__ __forceinline__ unsigned dequant_f16(unsigned word, int i, unsigned n
     return v;
 }
 
-__device__ __forceinline__ void mma_f16(float* c, const unsigned* a, uint2 b) {
+#if WGMMA
+// Shared-memory matrix descriptor of a K-major operand in 128-byte swizzled rows: start address,
+// 1024 bytes between groups of 8 rows, swizzle mode 1 (128 B). The start may move by 32 bytes per
+// 16-input step inside the row: the swizzle applies to absolute address bits (tiles are 1024-aligned).
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+
+// d (64 rows x 64 tokens of the warpgroup, m16n8 fragment order per n8 tile) += A (registers) x B.
+__device__ __forceinline__ void wgmma_m64n64k16(float* d, const unsigned* a, unsigned long long b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, 1, 1, 1, 0;"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),
+          "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+#else
+__device__ __forceinline__ void mma_f16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
                                                           const float* __restrict__ x_scale,  // [M]
@@ -72,28 +123,31 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                                                           float* __restrict__ y,  // [M][N]
                                                           float* __restrict__ partial,
                                                           int m_rows) {
-    extern __shared__ uint4 smem[];  // STAGES x (W_STAGE + X_STAGE)
+    extern __shared__ uint4 smem_raw[];  // 1 KiB of alignment slack + STAGES x STAGE_BYTES
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int tile0 = blockIdx.x * 8, tok0 = blockIdx.y * BT;
     const int wr = warp & 3, wt = warp >> 2;  // this warp: tiles tile0 + 2 wr + {0, 1}, tokens tok0 + 64 wt + ...
     const int nkb = NKB / gridDim.z, kb0 = blockIdx.z * nkb;  // this split's 64-input blocks
+    // Stages start on 1024-byte boundaries, where the swizzle pattern starts.
+    const unsigned raw = smem_u32(smem_raw);
+    const unsigned base = (raw + 1023) & ~1023u;
+    const char* smem = reinterpret_cast<const char*>(smem_raw) + (base - raw);
 
     pdl_wait();
     // Stage kb of the pipeline: this thread's weight fragment and 4 chunks of the token tile.
     auto load_stage = [&](int i) {
         const int kb = kb0 + i;
-        uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
-        uint4* xs = ws + W_STAGE;
+        const unsigned st = base + (i % STAGES) * STAGE_BYTES;
         const int tile = tile0 + (tid >> 5);
         const bool tile_ok = tile < TILES;
-        cp_async16(ws + tid, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
+        cp_async16(st + X_BYTES + tid * 16, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
 #pragma unroll
         for (int j = 0; j < BT / 32; j++) {
             const int c = tid + 256 * j, r = c >> 3, col = c & 7;  // token row, 16-byte column
             const int m = tok0 + r;
             const bool ok = m < m_rows;
-            cp_async16(xs + r * (XP / 8) + col, x + (long long)(ok ? m : 0) * K + kb * 64 + col * 8, ok);
+            cp_async16(st + x_chunk(r, col), x + (long long)(ok ? m : 0) * K + kb * 64 + col * 8, ok);
         }
     };
 #pragma unroll
@@ -102,17 +156,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
         cp_async_commit();
     }
 
-    float acc[2][NT][4];
+    float acc[2][4 * NT];  // per tile: n8 tile nt holds rows g, g (tokens 2t, 2t + 1), g + 8, g + 8
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+        for (int i = 0; i < 4 * NT; i++) acc[mt][i] = 0.0f;
     unsigned neg_z[2][2], s2[2][2];  // per tile, per row half (g, g + 8)
-
 
     for (int i = 0; i < nkb; i++) {
         const int kb = kb0 + i;
         cp_async_wait<STAGES - 2>();
+#if WGMMA
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async data -> wgmma reads
+#endif
         __syncthreads();  // stage i landed for every thread; stage i - 1 is free to refill
         if (i + STAGES - 1 < nkb) load_stage(i + STAGES - 1);
         cp_async_commit();
@@ -131,8 +187,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                 }
             }
         }
-        const uint4* ws = smem + (i % STAGES) * (W_STAGE + X_STAGE);
-        const uint2* xs = reinterpret_cast<const uint2*>(ws + W_STAGE);
+        const int stage = (i % STAGES) * STAGE_BYTES;
+        const uint4* ws = reinterpret_cast<const uint4*>(smem + stage + X_BYTES);
         const uint4 wf[2] = {ws[(2 * wr) * 32 + lane], ws[(2 * wr + 1) * 32 + lane]};
 #pragma unroll
         for (int j = 0; j < 4; j++) {  // 16-input mma steps
@@ -141,21 +197,36 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             for (int mt = 0; mt < 2; mt++) {
                 const unsigned word = j == 0 ? wf[mt].x : j == 1 ? wf[mt].y : j == 2 ? wf[mt].z : wf[mt].w;
 #pragma unroll
-                for (int i = 0; i < 4; i++) a[mt][i] = dequant_f16(word, i, neg_z[mt][i & 1], s2[mt][i & 1]);
+                for (int q = 0; q < 4; q++) a[mt][q] = dequant_f16(word, q, neg_z[mt][q & 1], s2[mt][q & 1]);
             }
+#if WGMMA
+            // The warpgroup's 64 tokens, inputs 16 j .. 16 j + 15: 32 bytes into each swizzled row.
+            const unsigned long long b = smem_desc(base + stage + wt * (64 * 128) + 32 * j);
+            wgmma_fence();  // a was written by ordinary instructions
+            wgmma_m64n64k16(acc[0], a[0], b);
+            wgmma_m64n64k16(acc[1], a[1], b);
+            wgmma_commit();
+#else
+            const char* xs = smem + stage;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                // Inputs 16 j + 4 t .. + 3 of token WT wt + 8 nt + g (the repack's column permutation).
-                const uint2 b = xs[(WT * wt + 8 * nt + g) * (XP / 4) + 4 * j + t];
-                mma_f16(acc[0][nt], a[0], b);
-                mma_f16(acc[1][nt], a[1], b);
+                // Token WT wt + 8 nt + g, inputs 16 j + 2t, + 1 (chunk 2j) and 16 j + 8 + 2t, + 1 (chunk 2j + 1).
+                const int r = WT * wt + 8 * nt + g;
+                const unsigned b0 = *reinterpret_cast<const unsigned*>(xs + x_chunk(r, 2 * j) + 4 * t);
+                const unsigned b1 = *reinterpret_cast<const unsigned*>(xs + x_chunk(r, 2 * j + 1) + 4 * t);
+                mma_f16(&acc[0][4 * nt], a[0], b0, b1);
+                mma_f16(&acc[1][4 * nt], a[1], b0, b1);
             }
+#endif
         }
+#if WGMMA
+        wgmma_wait_all();  // this stage's tiles are read before the next barrier frees them
+#endif
     }
     cp_async_wait<0>();
     pdl_trigger();
 
-    // acc[mt][nt]: rows g (0, 1) and g + 8 (2, 3) of tile 2 wr + mt; tokens 2t and 2t + 1 of n-tile nt.
+    // acc[mt]: rows g (0, 1) and g + 8 (2, 3) of tile 2 wr + mt; tokens 2t and 2t + 1 of n-tile nt.
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
@@ -171,7 +242,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
 #pragma unroll
                     for (int h = 0; h < 2; h++)
                         partial[((long long)blockIdx.z * m_rows + m) * ROWS + 16 * tile + g + 8 * h] =
-                            acc[mt][nt][2 * h + e] * f;
+                            acc[mt][4 * nt + 2 * h + e] * f;
                 }
                 continue;
             }
@@ -180,7 +251,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             if (2 * pair < TILES) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const float gate = acc[0][nt][2 * h + e] * f, up = acc[1][nt][2 * h + e] * f;
+                    const float gate = acc[0][4 * nt + 2 * h + e] * f, up = acc[1][4 * nt + 2 * h + e] * f;
                     y[(long long)m * N + 16 * pair + g + 8 * h] = gate / (1.0f + expf(-gate)) * up;
                 }
             }
@@ -193,9 +264,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                 for (int h = 0; h < 2; h++) {
                     float* out = y + (long long)m * N + 16 * tile + g + 8 * h;
 #if MODE == 1
-                    *out += acc[mt][nt][2 * h + e] * f;
+                    *out += acc[mt][4 * nt + 2 * h + e] * f;
 #else
-                    *out = acc[mt][nt][2 * h + e] * f;
+                    *out = acc[mt][4 * nt + 2 * h + e] * f;
 #endif
                 }
             }

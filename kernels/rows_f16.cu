@@ -3,7 +3,14 @@
 // by a power of two so the row's largest magnitude is below 2^15. fp16 keeps 11 significant bits
 // where bf16 keeps 8, and the per-row factor keeps Qwen's activations (beyond 65504) in range; the
 // GEMM multiplies its fp32 results by row_scale, exactly undoing the power of two.
+// Within each run of 16 inputs the row is stored in the order of the GEMM's weight fragments
+// (awq_repack.cu): inputs 0, 1, 4, 5, 8, 9, 12, 13, then 2, 3, 6, 7, 10, 11, 14, 15.
 // Defines: K, NORM.
+
+__device__ __forceinline__ int gemm_order(int i) {
+    const int r = i & 15, t = r >> 2, e = r & 3;
+    return (i & ~15) + (e < 2 ? 2 * t + e : 8 + 2 * t + e - 2);
+}
 
 extern "C" __global__ void rows_f16(const float* __restrict__ x,  // [rows][K]
                                     const f16_t* __restrict__ norm_weight,
@@ -36,6 +43,6 @@ extern "C" __global__ void rows_f16(const float* __restrict__ x,  // [rows][K]
     const int up = min(max(15 - e, -126), 127);
     const float factor = amax > 0.0f && amax <= 3.0e38f ? __int_as_float((up + 127) << 23) : 1.0f;
     if (threadIdx.x == 0) row_scale[blockIdx.x] = 1.0f / factor;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) orow[i] = f32_to_f16(VALUE(i) * factor);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) orow[gemm_order(i)] = f32_to_f16(VALUE(i) * factor);
 #undef VALUE
 }

@@ -4,7 +4,10 @@
 # development machine first:
 #     bash scripts/build_carry.sh
 # then run this from the repository root with .carry present. Logs go to $OUT (default ./gpu-out).
-#     scripts/gpu_check.sh [tests|bench|multi|all] [extra pytest args]
+#     scripts/gpu_check.sh [tests|bench|multi|all|PARTS] [extra pytest args]
+# PARTS is a comma-separated list of tests, kernels, decode, prefill and multi; bench means
+# kernels,decode,prefill and all means tests plus bench.
+# $TESTS narrows the test run to some files (default: the whole tests directory).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -16,19 +19,28 @@ python3 -m pip install --quiet --no-deps --target "$site" .carry/wheels/qwen3_rs
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1 QWEN3_RS_REQUIRE_GPU=1
 export QWEN3_RS_CACHE_DIR=${QWEN3_RS_CACHE_DIR:-$(mktemp -d)}
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+case "$what" in
+    all) what=tests,kernels,decode,prefill ;;
+    bench) what=kernels,decode,prefill ;;
+esac
+has() { [[ ",$what," == *",$1,"* ]]; }
 status=0
-if [ "$what" = tests ] || [ "$what" = all ]; then
-    python3 -m pytest -q -rs tests "$@" 2>&1 | tee "$OUT/pytest.log"
+if has tests; then
+    python3 -m pytest -q -rs ${TESTS:-tests} "$@" 2>&1 | tee "$OUT/pytest.log"
     status=${PIPESTATUS[0]}
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
+if has kernels; then
     .carry/bin/kernels --bench --noplot 2>&1 | tee "$OUT/bench-kernels.log" | grep -v "^Benchmarking\|^ *$"
+fi
+if has decode; then
     python3 -m qwen3_rs bench --peers --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-e2e.log"
     python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --kv-cache-dtype q8 --contexts 4096 16384 32768 \
         2>&1 | tee -a "$OUT/bench-e2e.log"
+fi
+if has prefill; then
     python3 -m qwen3_rs bench --prefill --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-prefill.log"
 fi
-if [ "$what" = multi ]; then
+if has multi; then
     python3 -m pytest -q -rs tests/test_multi_gpu.py "$@" 2>&1 | tee "$OUT/pytest-multi.log"
     status=${PIPESTATUS[0]}
     python3 -m qwen3_rs bench --random-model-dir /tmp/qwen3-8b-random --multi-gpu 2>&1 | tee "$OUT/bench-multi.log"

@@ -116,9 +116,14 @@ pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// A KV cache of `len` random positions in `dtype`.
-fn random_cache(ex: &Executor, shape: HeadShape, len: usize, dtype: KvDtype) -> Result<KvLayer> {
-    let mut cache = KvLayer::new(ex, shape, len, dtype)?;
+/// `count` KV caches of `len` random positions in `dtype` (the same random contents in each).
+fn random_caches(
+    ex: &Executor,
+    shape: HeadShape,
+    len: usize,
+    dtype: KvDtype,
+    count: usize,
+) -> Result<Vec<KvLayer>> {
     let (values, scales) = KvLayer::lens(shape, len, dtype);
     let bytes_of = |seed| -> Vec<u8> {
         match dtype {
@@ -128,31 +133,52 @@ fn random_cache(ex: &Executor, shape: HeadShape, len: usize, dtype: KvDtype) -> 
             KvDtype::Q8 => random_words(values, seed).into_iter().map(|w| w as u8).collect(),
         }
     };
-    cache.k = ex.upload(&bytes_of(11), "k cache")?;
-    cache.v = ex.upload(&bytes_of(12), "v cache")?;
-    if scales > 0 {
-        cache.k_scale = ex.upload(&random_halves(scales, 13), "k scales")?;
-        cache.v_scale = ex.upload(&random_halves(scales, 14), "v scales")?;
-    }
-    Ok(cache)
+    let (k, v) = (bytes_of(11), bytes_of(12));
+    let (k_scale, v_scale) = (random_halves(scales, 13), random_halves(scales, 14));
+    (0..count)
+        .map(|_| {
+            let mut cache = KvLayer::new(ex, shape, len, dtype)?;
+            cache.k = ex.upload(&k, "k cache")?;
+            cache.v = ex.upload(&v, "v cache")?;
+            if scales > 0 {
+                cache.k_scale = ex.upload(&k_scale, "k scales")?;
+                cache.v_scale = ex.upload(&v_scale, "v scales")?;
+            }
+            Ok(cache)
+        })
+        .collect()
 }
 
-/// Decode attention of one Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
-/// of `context` positions in `dtype`.
+/// Bytes of KV caches a decode-attention case cycles through: several times the largest L2 of
+/// current GPUs (50 MB on an H100), so, as in decode, where every other layer's weights and cache
+/// pass through L2 between two reads of a layer's cache, every launch reads its cache from DRAM.
+const ATTENTION_CACHE_BYTES: usize = 256 << 20;
+
+/// Decode attention of a Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
+/// of `context` positions in `dtype`. Successive launches go to successive layers' caches (at
+/// least two, at least ATTENTION_CACHE_BYTES in all), as in a decode step, so the time per launch
+/// is the time per layer: each reads its cache from DRAM, and its launch overlaps the previous
+/// kernel's tail as it does in the decode graph.
 pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<Case> {
     let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
-    let cache = random_cache(ex, shape, context, dtype)?;
     let (values, scales) = KvLayer::lens(shape, context, dtype);
+    let bytes = 2 * (values + 2 * scales);
+    let layers = ATTENTION_CACHE_BYTES.div_ceil(bytes).max(2);
+    let caches = random_caches(ex, shape, context, dtype, layers)?;
     let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 15), "q")?;
     let step = ex.upload(&[0i32, context as i32 - 1][..STEP_LEN], "step")?;
     let mut out: CudaSlice<f32> = ex.zeros(shape.n_heads * shape.head_dim, "out")?;
     let mut attention = Attention::new(ex, shape, context, dtype)?;
     ex.synchronize()?;
+    let mut layer = 0;
     Ok(Case {
         name: format!("attention {dtype:?} KV, context {context}"),
-        bytes: 2 * (values + 2 * scales),
+        bytes,
         flops: 0,
-        run: Box::new(move |ex| attention.launch(ex.stream(), &q, &cache, &step, &mut out)),
+        run: Box::new(move |ex| {
+            layer = (layer + 1) % layers;
+            attention.launch(ex.stream(), &q, &caches[layer], &step, &mut out)
+        }),
     })
 }
 
@@ -195,7 +221,7 @@ pub fn gemm_cases(ex: &Executor, m: usize) -> Result<Vec<Case>> {
 /// useful flops (q.k and p.v over the causal half).
 pub fn attention_prefill_case(ex: &Executor, m: usize, dtype: KvDtype) -> Result<Case> {
     let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
-    let cache = random_cache(ex, shape, m, dtype)?;
+    let cache = random_caches(ex, shape, m, dtype, 1)?.remove(0);
     let q = ex.upload(&random_floats(m * shape.n_heads * shape.head_dim, 27), "q")?;
     let step = ex.upload(&[0i32, 0][..STEP_LEN], "step")?;
     let mut out: CudaSlice<f32> = ex.zeros(m * shape.n_heads * shape.head_dim, "out")?;

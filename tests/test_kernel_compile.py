@@ -1,4 +1,5 @@
-"""Every KernelType the model uses compiles through NVRTC for sm_80 and sm_90 with no GPU present,
+"""Every KernelType the model uses compiles through NVRTC for sm_80, sm_90 and sm_90a (Hopper with
+wgmma, what an H100 gets) with no GPU present,
 and a second compile is served from the disk cache. Needs the built package and NVRTC (a CUDA
 toolkit or the nvidia-cuda-nvrtc wheel, a declared dependency): a missing one fails, not skips."""
 
@@ -9,6 +10,7 @@ import qwen3_rs
 from qwen3_rs.bench import QWEN3_8B_AWQ
 
 QWEN3_8B = QWEN3_8B_AWQ
+ARCHS = ("sm_80", "sm_90", "sm_90a")
 TINY = dict(
     QWEN3_8B,
     hidden_size=256,
@@ -25,7 +27,7 @@ TINY = dict(
 def test_every_kernel_compiles_and_is_cached(tmp_path, config):
     (tmp_path / "config.json").write_text(json.dumps(config))
     cache = tmp_path / "cache"
-    for arch in ("sm_80", "sm_90"):
+    for arch in ARCHS:
         first = qwen3_rs.compile_kernels(tmp_path, arch, cache)
         keys = [k for k, _ in first]
         assert len(keys) == len(set(keys)) >= 10
@@ -34,7 +36,7 @@ def test_every_kernel_compiles_and_is_cached(tmp_path, config):
         assert second == [(k, True) for k in keys]
     # One module per kernel and architecture, named by key, arch and NVRTC version.
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 2 * len(keys)
+    assert len(files) == len(ARCHS) * len(keys)
     major, minor = qwen3_rs.nvrtc_version()
     assert all(f"-nvrtc{major}.{minor}-" in f for f in files)
     hidden = config["hidden_size"]

@@ -30,6 +30,14 @@ pub fn device_count() -> usize {
     CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
 }
 
+/// The NVRTC target of a device: its own architecture, with Hopper's arch-specific features
+/// (`sm_90a`: wgmma, used by the prompt GEMM); such a module loads only on that architecture,
+/// which is the device it is compiled for.
+pub fn arch_name(major: i32, minor: i32) -> String {
+    let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
+    format!("sm_{major}{minor}{suffix}")
+}
+
 pub struct Executor {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -67,7 +75,7 @@ impl Executor {
             ctx,
             stream,
             ordinal,
-            arch: format!("sm_{major}{minor}"),
+            arch: arch_name(major, minor),
             pdl: major >= 9 && std::env::var_os("QWEN3_RS_NO_PDL").is_none(),
             sm_count: sm_count.max(1) as usize,
             cache_dir: compile::default_cache_dir(),

@@ -764,9 +764,9 @@ pub struct AwqGemm {
 }
 
 impl AwqGemm {
-    /// Shared memory: 3 pipeline stages of 4 KiB of weight fragments and a 128-token x 64-input
-    /// fp16 tile with a pitch of 80 halves.
-    const SHARED_BYTES: usize = 3 * (8 * 32 * 16 + 128 * 80 * 2);
+    /// Shared memory: 4 pipeline stages of a 128-token x 64-input fp16 tile and 4 KiB of weight
+    /// fragments, plus 1 KiB to align the stages to the swizzle pattern.
+    const SHARED_BYTES: usize = 1024 + 4 * (128 * 128 + 8 * 32 * 16);
     /// Weight rows and tokens of one block.
     const BLOCK: (usize, usize) = (128, 128);
 
