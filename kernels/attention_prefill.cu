@@ -3,24 +3,26 @@
 // step[STEP_POS] + m and attends to every cached position up to its own, including those of
 // earlier chunks, so chunked prompts need nothing else.
 //
-// A block takes QT query positions of one KV head and all GQA query heads sharing it, so each K/V
-// chunk is loaded once for all of them: warp w holds the 16 rows (query head w % GQA, positions
-// (w / GQA) * 16 + 0..15). K/V chunks of KC positions are staged in shared memory as fp16 (int8
-// caches dequantized on the way; V transposed so its mma B fragments are 32-bit loads), S = Q K^T
-// and O += P V run as m16n8k16 fp16 mma with fp32 accumulation, and the softmax is online in
-// registers (base 2: q carries head_dim^-0.5 * log2(e)). q and the scores stay small (q and k are
+// A block takes QT query positions of one KV head and all GQA query heads sharing it (8 warps or
+// more), so each K/V chunk is loaded once for all of them: warp w holds the 16 rows (query head
+// w % GQA, positions (w / GQA) * 16 + 0..15). K/V chunks of KC positions are staged in shared memory
+// as fp16 rows, double-buffered: an fp16 cache streams in by cp.async while the previous chunk is
+// computed; an int8 cache is dequantized on the way in. S = Q K^T and O += P V run as m16n8k16 fp16
+// mma with fp32 accumulation, their B fragments fetched by ldmatrix (transposing for V), and the
+// softmax is online in registers (base 2: q carries head_dim^-0.5 * log2(e)). Only chunks crossing
+// the block's first position need the causal mask. q and the scores stay small (q and k are
 // RMS-normalized per head); V is stored as fp16 in the cache already.
 // Defines: HEAD_DIM (32, 64 or 128), N_HEADS, N_KV_HEADS, KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
-#define QW (GQA >= 4 ? 1 : 4 / GQA)  // 16-position row groups per query head
+#define QW (GQA >= 8 ? 1 : 8 / GQA)  // 16-position row groups per query head
 #define NW (GQA * QW)                // warps per block
 #define QT (16 * QW)                 // query positions per block
 #define KC 64                        // key positions per chunk
-#define KP (HEAD_DIM + 8)            // K row pitch (halves): B loads of a warp hit distinct banks
-#define VP (KC + 8)                  // transposed V row pitch (halves)
+#define KP (HEAD_DIM + 8)            // K and V row pitch (halves): ldmatrix rows hit distinct banks
 #define DS (HEAD_DIM / 16)           // mma k-steps of q.k
 #define DT (HEAD_DIM / 8)            // output n-tiles
+#define CHUNK_HALVES (2 * KC * KP)   // K then V of one chunk
 #define NEG_INF (-__int_as_float(0x7f800000))
 
 __device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
@@ -35,9 +37,28 @@ __device__ __forceinline__ void mma_f16(float* c, const unsigned* a, unsigned b0
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// Four 8x8 fp16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+#if KV_Q8
 // Eight cached values of `row` from dim d0 as fp16.
 __device__ __forceinline__ uint4 kv_load8(const kv_t* cache, const f16_t* scales, long long row, int d0) {
-#if KV_Q8
     const uint2 raw = *reinterpret_cast<const uint2*>(cache + row * HEAD_DIM + d0);
     const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
     unsigned h[4];
@@ -48,10 +69,13 @@ __device__ __forceinline__ uint4 kv_load8(const kv_t* cache, const f16_t* scales
         h[e] = pack_f16((float)b0 * s, (float)b1 * s);
     }
     return make_uint4(h[0], h[1], h[2], h[3]);
-#else
-    return *reinterpret_cast<const uint4*>(cache + row * HEAD_DIM + d0);
-#endif
 }
+#else
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
+}
+#endif
 
 extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     const float* __restrict__ q,  // [M][N_HEADS][HEAD_DIM], after norm and RoPE
@@ -64,8 +88,8 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     int m_rows,
     int max_seq,
     float q_scale) {
-    __shared__ __align__(16) f16_t ks[KC][KP];
-    __shared__ __align__(16) f16_t vt[HEAD_DIM][VP];
+    extern __shared__ uint4 smem_raw[];  // 2 chunk buffers
+    f16_t* const smem = reinterpret_cast<f16_t*>(smem_raw);
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -75,8 +99,31 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     const int head = kv * GQA + warp % GQA;
     const int m0 = qblock * QT + (warp / GQA) * 16;
     const int pos0 = step[STEP_POS];
+    const int first = pos0 + qblock * QT;  // the block's first query position
     // Keys [0, kend): up to the block's last query position.
     const int kend = min(pos0 + min(m_rows, (qblock + 1) * QT), max_seq);
+    const long long head_row = (long long)kv * max_seq;
+
+    // Chunk c0 into buffer b: rows of K then V, 8 dims per thread and step (dims fastest, so a
+    // warp reads whole rows); positions past kend are zero-filled.
+    auto load_chunk = [&](int c0, int b) {
+        f16_t* kb = smem + b * CHUNK_HALVES;
+        for (int i = tid; i < KC * (HEAD_DIM / 8); i += NW * 32) {
+            const int r = i / (HEAD_DIM / 8), d0 = (i % (HEAD_DIM / 8)) * 8;
+            const bool ok = c0 + r < kend;
+            const long long row = head_row + (ok ? c0 + r : 0);
+#if KV_Q8
+            const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4*>(kb + r * KP + d0) = ok ? kv_load8(k_cache, k_scale, row, d0) : zero;
+            *reinterpret_cast<uint4*>(kb + (KC + r) * KP + d0) = ok ? kv_load8(v_cache, v_scale, row, d0) : zero;
+#else
+            cp_async16(smem_addr(kb + r * KP + d0), k_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_addr(kb + (KC + r) * KP + d0), v_cache + row * HEAD_DIM + d0, ok);
+#endif
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+    load_chunk(0, 0);
 
     // Q as A fragments: rows g and g + 8, dims 16 ds + 2t (+1) and + 8.
     unsigned qa[DS][4];
@@ -95,47 +142,47 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
     float row_max[2] = {NEG_INF, NEG_INF}, row_sum[2] = {0.0f, 0.0f};
     const int qpos[2] = {pos0 + m0 + g, pos0 + m0 + g + 8};
-    const long long head_row = (long long)kv * max_seq;
+    // This lane's ldmatrix row: row lane % 8 of matrix lane / 8.
+    const int lr = lane & 7, lm = lane >> 3;
 
-    for (int c0 = 0; c0 < kend; c0 += KC) {
-        __syncthreads();  // the previous chunk is no longer read
-        // Position-fastest so the transposed V stores of a warp fill consecutive halves.
-        for (int i = tid; i < KC * (HEAD_DIM / 8); i += NW * 32) {
-            const int r = i % KC, d0 = (i / KC) * 8;
-            const int pos = c0 + r;
-            uint4 kk = make_uint4(0u, 0u, 0u, 0u), vv = kk;
-            if (pos < kend) {
-                kk = kv_load8(k_cache, k_scale, head_row + pos, d0);
-                vv = kv_load8(v_cache, v_scale, head_row + pos, d0);
-            }
-            *reinterpret_cast<uint4*>(&ks[r][d0]) = kk;
-            const unsigned vw[4] = {vv.x, vv.y, vv.z, vv.w};
-#pragma unroll
-            for (int e = 0; e < 8; e++) vt[d0 + e][r] = (f16_t)(vw[e / 2] >> (16 * (e % 2)));
+    for (int c0 = 0, b = 0; c0 < kend; c0 += KC, b ^= 1) {
+        if (c0 + KC < kend) {
+            load_chunk(c0 + KC, b ^ 1);  // its buffer was released by the barrier ending the last chunk
+            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        } else {
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
         }
-        __syncthreads();
+        __syncthreads();  // chunk c0 is in buffer b for every thread
+        const unsigned kbase = smem_addr(smem + b * CHUNK_HALVES), vbase = kbase + KC * KP * 2;
 
+        // S = Q K^T: per n-tile of 8 keys, two k-steps per ldmatrix (matrices: dims +0, +8, +16, +24).
         float sc[KC / 8][4];
 #pragma unroll
         for (int nt = 0; nt < KC / 8; nt++) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
 #pragma unroll
-            for (int ds = 0; ds < DS; ds++) {
-                const f16_t* kr = &ks[8 * nt + g][16 * ds + 2 * t];
-                mma_f16(sc[nt], qa[ds], *reinterpret_cast<const unsigned*>(kr),
-                        *reinterpret_cast<const unsigned*>(kr + 8));
+            for (int ds = 0; ds < DS; ds += 2) {
+                unsigned kb[4];
+                ldmatrix_x4(kb, kbase + ((8 * nt + lr) * KP + 16 * ds + 8 * lm) * 2);
+                mma_f16(sc[nt], qa[ds], kb[0], kb[1]);
+                mma_f16(sc[nt], qa[ds + 1], kb[2], kb[3]);
             }
         }
-        // Causal mask (which also masks positions past kend), then the online softmax per row.
+        // Causal mask (which also masks positions past kend) where the chunk passes the block's
+        // first position, then the online softmax per row.
+        if (c0 + KC - 1 > first) {
+#pragma unroll
+            for (int nt = 0; nt < KC / 8; nt++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    if (c0 + 8 * nt + 2 * t + (i & 1) > qpos[i >> 1]) sc[nt][i] = NEG_INF;
+            }
+        }
         float cmax[2] = {NEG_INF, NEG_INF};
 #pragma unroll
         for (int nt = 0; nt < KC / 8; nt++) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = c0 + 8 * nt + 2 * t + (i & 1);
-                if (key > qpos[i >> 1]) sc[nt][i] = NEG_INF;
-                cmax[i >> 1] = fmaxf(cmax[i >> 1], sc[nt][i]);
-            }
+            cmax[0] = fmaxf(cmax[0], fmaxf(sc[nt][0], sc[nt][1]));
+            cmax[1] = fmaxf(cmax[1], fmaxf(sc[nt][2], sc[nt][3]));
         }
         float alpha[2];
 #pragma unroll
@@ -155,6 +202,8 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             o[dt][2] *= alpha[1];
             o[dt][3] *= alpha[1];
         }
+        // O += P V: per 16 keys, two n-tiles of dims per transposing ldmatrix (matrices: keys +0 and
+        // +8 of dims 8 dt.., then of dims 8 dt + 8..).
 #pragma unroll
         for (int ks2 = 0; ks2 < KC / 16; ks2++) {
             unsigned pa[4];
@@ -169,11 +218,14 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
                 pa[2 * half + 1] = pack_f16(p2, p3);
             }
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                const f16_t* vr = &vt[8 * dt + g][16 * ks2 + 2 * t];
-                mma_f16(o[dt], pa, *reinterpret_cast<const unsigned*>(vr), *reinterpret_cast<const unsigned*>(vr + 8));
+            for (int dt = 0; dt < DT; dt += 2) {
+                unsigned vb[4];
+                ldmatrix_x4_trans(vb, vbase + ((16 * ks2 + 8 * (lm & 1) + lr) * KP + 8 * (dt + (lm >> 1))) * 2);
+                mma_f16(o[dt], pa, vb[0], vb[1]);
+                mma_f16(o[dt + 1], pa, vb[2], vb[3]);
             }
         }
+        __syncthreads();  // buffer b is no longer read: the next iteration may refill it
     }
 
 #pragma unroll

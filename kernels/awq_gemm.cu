@@ -43,9 +43,19 @@
 #define BT 128       // tokens per block
 #define WT (BT / 2)  // tokens per warp
 #define NT (WT / 8)  // n8 tiles per warp
-#define STAGES 4
-#define X_BYTES (BT * 128)               // token tile per stage: 128 rows of 64 fp16 inputs
-#define STAGE_BYTES (X_BYTES + 8 * 512)  // then the weight fragments: 8 tiles x 32 lanes x 16 bytes
+// Stages in the ring, and how many ahead of the one being computed are loading. wgmma runs
+// asynchronously: the group of the previous 16-input step may still read its stage, so the
+// refill skips one more stage.
+#define STAGES (WGMMA ? 5 : 4)
+#define AHEAD (WGMMA ? STAGES - 2 : STAGES - 1)
+// A stage: the token tile (128 rows of 64 fp16 inputs), the weight fragments (8 tiles x 32 lanes x
+// 16 bytes), and at a group's first stage the group's scales (8 tiles x 16 fp16) and zero points
+// (8 tiles x 8 bytes); padded so every stage starts on a 1024-byte boundary.
+#define X_BYTES (BT * 128)
+#define W_OFF X_BYTES
+#define S_OFF (W_OFF + 8 * 512)
+#define Z_OFF (S_OFF + 8 * 32)
+#define STAGE_BYTES (21 * 1024)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     unsigned a;
@@ -58,6 +68,11 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* gmem, bool 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(bytes));
 }
 
+__device__ __forceinline__ void cp_async8(unsigned dst, const void* gmem, bool valid) {
+    const int bytes = valid ? 8 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(dst), "l"(gmem), "r"(bytes));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 
 template <int N_PENDING>
@@ -68,14 +83,25 @@ __device__ __forceinline__ void cp_async_wait() {
 // Byte offset of 16-byte chunk c of token row r in a stage's token tile.
 __device__ __forceinline__ unsigned x_chunk(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
 
-// Fragment register i of one mma step, dequantized to fp16x2: 1024 + q by the fp16 magic, minus
-// (1024 + z) exactly, times the scale.
-__device__ __forceinline__ unsigned dequant_f16(unsigned word, int i, unsigned neg_z, unsigned s2) {
-    unsigned v;
-    asm("lop3.b32 %0, %1, 0x000F000F, 0x64006400, 0xEA;" : "=r"(v) : "r"(word >> (4 * i)));
-    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(v) : "r"(v), "r"(neg_z));
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(v) : "r"(v), "r"(s2));
-    return v;
+// The 4 fragment registers of one mma step (fp16x2 each) from the step's weight word: register i
+// holds nibbles i and i + 4, rows g (i even) and g + 8 (i odd). fp16 magic: OR-ing nibble q into
+// 1024 (0x6400) gives 1024 + q, from which adding -(1024 + z) leaves q - z exactly; a nibble in bits
+// 4-7 gives 1024 + 16 q, and times 1/16 plus -(64 + z) (one fma) also leaves q - z exactly. Then
+// times the group's scale (one rounding).
+__device__ __forceinline__ void dequant_step(unsigned word, const unsigned* neg_z, const unsigned* s2, unsigned* a) {
+    unsigned v[4];
+    const unsigned w8 = word >> 8;
+    asm("lop3.b32 %0, %1, 0x000F000F, 0x64006400, 0xEA;" : "=r"(v[0]) : "r"(word));
+    asm("lop3.b32 %0, %1, 0x00F000F0, 0x64006400, 0xEA;" : "=r"(v[1]) : "r"(word));
+    asm("lop3.b32 %0, %1, 0x000F000F, 0x64006400, 0xEA;" : "=r"(v[2]) : "r"(w8));
+    asm("lop3.b32 %0, %1, 0x00F000F0, 0x64006400, 0xEA;" : "=r"(v[3]) : "r"(w8));
+#pragma unroll
+    for (int i = 0; i < 4; i += 2) {
+        asm("add.rn.f16x2 %0, %1, %2;" : "=r"(v[i]) : "r"(v[i]), "r"(neg_z[0]));
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(v[i + 1]) : "r"(v[i + 1]), "r"(0x2C002C00u), "r"(neg_z[1]));
+        asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(a[i]) : "r"(v[i]), "r"(s2[0]));
+        asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(a[i + 1]) : "r"(v[i + 1]), "r"(s2[1]));
+    }
 }
 
 #if WGMMA
@@ -89,7 +115,10 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+template <int N_PENDING>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N_PENDING) : "memory");
+}
 
 // d (64 rows x 64 tokens of the warpgroup, m16n8 fragment order per n8 tile) += A (registers) x B.
 __device__ __forceinline__ void wgmma_m64n64k16(float* d, const unsigned* a, unsigned long long b) {
@@ -141,7 +170,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
         const unsigned st = base + (i % STAGES) * STAGE_BYTES;
         const int tile = tile0 + (tid >> 5);
         const bool tile_ok = tile < TILES;
-        cp_async16(st + X_BYTES + tid * 16, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
+        cp_async16(st + W_OFF + tid * 16, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
+        if (kb % KB_PER_G == 0 && tid < 24) {  // the group's scales (2 chunks a tile) and zero points
+            const int gt = tid < 16 ? tid >> 1 : tid - 16, t2 = min(tile0 + gt, TILES - 1);
+            const long long at = (long long)t2 * (K / GROUP) + kb / KB_PER_G;
+            if (tid < 16)
+                cp_async16(st + S_OFF + tid * 16, s + at * 16 + 8 * (tid & 1), true);
+            else
+                cp_async8(st + Z_OFF + gt * 8, z + at, true);
+        }
 #pragma unroll
         for (int j = 0; j < BT / 32; j++) {
             const int c = tid + 256 * j, r = c >> 3, col = c & 7;  // token row, 16-byte column
@@ -151,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
         }
     };
 #pragma unroll
-    for (int st = 0; st < STAGES - 1; st++) {
+    for (int st = 0; st < AHEAD; st++) {
         if (st < nkb) load_stage(st);
         cp_async_commit();
     }
@@ -165,30 +202,34 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
 
     for (int i = 0; i < nkb; i++) {
         const int kb = kb0 + i;
-        cp_async_wait<STAGES - 2>();
+        cp_async_wait<AHEAD - 1>();
 #if WGMMA
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async data -> wgmma reads
 #endif
-        __syncthreads();  // stage i landed for every thread; stage i - 1 is free to refill
-        if (i + STAGES - 1 < nkb) load_stage(i + STAGES - 1);
+        // Stage i landed for every thread, and every warp is done with the stage refilled next
+        // (i - 1; with wgmma, i - 2: each warpgroup retired all but its last step's group).
+        __syncthreads();
+        if (i + AHEAD < nkb) load_stage(i + AHEAD);
         cp_async_commit();
 
+        const int stage = (i % STAGES) * STAGE_BYTES;
         if (kb % KB_PER_G == 0) {
-            const int gi = kb / KB_PER_G;
+            const f16_t* ss = reinterpret_cast<const f16_t*>(smem + stage + S_OFF);
+            const unsigned long long* zs = reinterpret_cast<const unsigned long long*>(smem + stage + Z_OFF);
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
-                const int tile = min(tile0 + 2 * wr + mt, TILES - 1);
-                const long long at = (long long)tile * (K / GROUP) + gi;
-                const unsigned long long zw = z[at];
+                const int lt = 2 * wr + mt;
+                const unsigned long long zw = zs[lt];
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    neg_z[mt][h] = (0xE400u | (unsigned)((zw >> (4 * (g + 8 * h))) & 15u)) * 0x10001u;
-                    s2[mt][h] = (unsigned)s[at * 16 + g + 8 * h] * 0x10001u;
+                    const unsigned zr = (unsigned)((zw >> (4 * (g + 8 * h))) & 15u);
+                    // -(1024 + z) for row g (low nibbles), -(64 + z) for row g + 8 (high nibbles).
+                    neg_z[mt][h] = (h == 0 ? 0xE400u | zr : 0xD400u | zr << 4) * 0x10001u;
+                    s2[mt][h] = (unsigned)ss[lt * 16 + g + 8 * h] * 0x10001u;
                 }
             }
         }
-        const int stage = (i % STAGES) * STAGE_BYTES;
-        const uint4* ws = reinterpret_cast<const uint4*>(smem + stage + X_BYTES);
+        const uint4* ws = reinterpret_cast<const uint4*>(smem + stage + W_OFF);
         const uint4 wf[2] = {ws[(2 * wr) * 32 + lane], ws[(2 * wr + 1) * 32 + lane]};
 #pragma unroll
         for (int j = 0; j < 4; j++) {  // 16-input mma steps
@@ -196,8 +237,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
                 const unsigned word = j == 0 ? wf[mt].x : j == 1 ? wf[mt].y : j == 2 ? wf[mt].z : wf[mt].w;
-#pragma unroll
-                for (int q = 0; q < 4; q++) a[mt][q] = dequant_f16(word, q, neg_z[mt][q & 1], s2[mt][q & 1]);
+                dequant_step(word, neg_z[mt], s2[mt], a[mt]);
             }
 #if WGMMA
             // The warpgroup's 64 tokens, inputs 16 j .. 16 j + 15: 32 bytes into each swizzled row.
@@ -206,6 +246,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             wgmma_m64n64k16(acc[0], a[0], b);
             wgmma_m64n64k16(acc[1], a[1], b);
             wgmma_commit();
+            wgmma_wait<1>();  // the previous step's group is done: its a registers are free
 #else
             const char* xs = smem + stage;
 #pragma unroll
@@ -219,10 +260,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             }
 #endif
         }
-#if WGMMA
-        wgmma_wait_all();  // this stage's tiles are read before the next barrier frees them
-#endif
     }
+#if WGMMA
+    wgmma_wait<0>();
+#endif
     cp_async_wait<0>();
     pdl_trigger();
 

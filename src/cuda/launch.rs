@@ -666,6 +666,7 @@ impl RowsF16 {
     ) -> Result<()> {
         check(
             rows >= 1
+                && self.k.is_multiple_of(16)
                 && x.len() >= rows * self.k
                 && out.len() >= rows * self.k
                 && row_scale.len() >= rows
@@ -761,12 +762,17 @@ pub struct AwqGemm {
     group: usize,
     epilogue: Epilogue,
     sm_count: usize,
+    shared_bytes: u32,
 }
 
 impl AwqGemm {
-    /// Shared memory: 4 pipeline stages of a 128-token x 64-input fp16 tile and 4 KiB of weight
-    /// fragments, plus 1 KiB to align the stages to the swizzle pattern.
-    const SHARED_BYTES: usize = 1024 + 4 * (128 * 128 + 8 * 32 * 16);
+    /// Shared memory: pipeline stages of 21 KiB (a 128-token x 64-input fp16 tile, 4 KiB of
+    /// weight fragments, a group's scales and zero points), 5 with wgmma (`sm_90a`) and 4 without
+    /// (kernels/awq_gemm.cu STAGES), plus 1 KiB to align the stages to the swizzle pattern.
+    fn shared_bytes(arch: &str) -> usize {
+        let stages = if arch == "sm_90a" { 5 } else { 4 };
+        1024 + stages * 21 * 1024
+    }
     /// Weight rows and tokens of one block.
     const BLOCK: (usize, usize) = (128, 128);
 
@@ -775,10 +781,22 @@ impl AwqGemm {
         let f = ex.function(ty, "awq_gemm")?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            Self::SHARED_BYTES as i32,
+            Self::shared_bytes(ex.arch()) as i32,
         )?;
         let reduce = ex.function(ty, "awq_gemm_reduce")?;
-        Ok(Self { ty, pdl: ex.pdl(), f, reduce, k, n, group, epilogue, sm_count: ex.sm_count() })
+        let shared_bytes = Self::shared_bytes(ex.arch()) as u32;
+        Ok(Self {
+            ty,
+            pdl: ex.pdl(),
+            f,
+            reduce,
+            k,
+            n,
+            group,
+            epilogue,
+            sm_count: ex.sm_count(),
+            shared_bytes,
+        })
     }
 
     fn weight_rows(&self) -> usize {
@@ -834,7 +852,7 @@ impl AwqGemm {
         let splits = self.splits(rows, scratch.len());
         let mut c = cfg((w_rows.div_ceil(Self::BLOCK.0) as u32, rows.div_ceil(Self::BLOCK.1) as u32), 256);
         c.grid_dim.2 = splits as u32;
-        c.shared_mem_bytes = Self::SHARED_BYTES as u32;
+        c.shared_mem_bytes = self.shared_bytes;
         let n_out = rows * self.n;
         // SAFETY: reads x[0..rows*K), x_scale[0..rows) and the tiles of w below its row count
         // (tiles past the end and rows past `rows` are zero-filled, never read); with one split it
@@ -885,21 +903,35 @@ impl AttentionPrefill {
         }
     }
 
-    /// Whether the kernel handles `shape` (its registers hold a 16 x head_dim output tile).
+    /// Whether the kernel handles `shape` (its registers hold a 16 x head_dim output tile, and a
+    /// block holds a warp per query head sharing a KV head).
     pub fn supports(shape: HeadShape) -> bool {
-        shape.head_dim <= 128 && shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads)
+        shape.head_dim <= 128
+            && shape.n_kv_heads > 0
+            && shape.n_heads.is_multiple_of(shape.n_kv_heads)
+            && shape.n_heads / shape.n_kv_heads <= 32
     }
 
     pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
         let ty = Self::kernel_type(shape, kv);
-        Ok(Self { ty, pdl: ex.pdl(), f: ex.function(ty, "attention_prefill")?, shape, kv, max_seq })
+        let f = ex.function(ty, "attention_prefill")?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            Self::shared_bytes(shape) as i32,
+        )?;
+        Ok(Self { ty, pdl: ex.pdl(), f, shape, kv, max_seq })
     }
 
     /// Query positions per block (kernels/attention_prefill.cu QT) and warps per block.
     fn geometry(&self) -> (usize, usize) {
         let gqa = self.shape.n_heads / self.shape.n_kv_heads;
-        let qw = if gqa >= 4 { 1 } else { 4 / gqa };
+        let qw = if gqa >= 8 { 1 } else { 8 / gqa };
         (16 * qw, gqa * qw)
+    }
+
+    /// Two buffers of a 64-position chunk of K and V as fp16 rows padded by 8 halves.
+    fn shared_bytes(shape: HeadShape) -> usize {
+        2 * 2 * 64 * (shape.head_dim + 8) * 2
     }
 
     /// out[r] = attention of q[r] (position step[1] + r) over cache positions [0, step[1] + r].
@@ -925,7 +957,8 @@ impl AttentionPrefill {
             || format!("{rows} rows, q {}, out {}, cache of {} bytes", q.len(), out.len(), cache.k.len()),
         )?;
         let (qt, warps) = self.geometry();
-        let c = cfg((rows.div_ceil(qt) as u32, sh.n_kv_heads as u32), 32 * warps as u32);
+        let mut c = cfg((rows.div_ceil(qt) as u32, sh.n_kv_heads as u32), 32 * warps as u32);
+        c.shared_mem_bytes = Self::shared_bytes(sh) as u32;
         let q_scale = (sh.head_dim as f32).powf(-0.5) * std::f32::consts::LOG2_E;
         // SAFETY: reads rows of q below `rows`, step[1], and cache rows below
         // min(step[1] + rows, max_seq) (the caches hold max_seq rows, checked above); writes
