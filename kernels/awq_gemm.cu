@@ -8,18 +8,18 @@
 // the mma accumulates in fp32. (Keeping (q - z) exact and scaling each group's fp32 sums instead
 // doubles the accumulator registers and measured 28% slower on an H100.)
 //
-// A block computes BR = 128 weight rows (8 tiles) x BT = 128 tokens with 8 warps, 4 along rows x 2
-// along tokens; each warp owns 2 tiles x 64 tokens (2 x 8 m16n8 accumulators). Weight fragments
-// (4 KiB per 64 inputs) and the fp16 token tile (16 KiB per 64 inputs) stream into shared memory
-// through a STAGES-deep cp.async pipeline; two blocks per SM (<= 128 registers a thread) overlap one
-// block's loads and epilogue with the other's tensor-core work.
+// A block computes 256 weight rows (16 tiles) x BT = 128 tokens with 8 warps; each warp owns 2
+// tiles x all 128 tokens (2 x 16 m16n8 accumulators), so a token tile in shared memory serves 256
+// weight rows and each dequantized weight 128 tokens. Weight fragments (8 KiB per 64 inputs) and the
+// fp16 token tile (16 KiB per 64 inputs) stream into shared memory through a STAGES-deep cp.async
+// pipeline; one block per SM (its registers), one barrier per 64 inputs.
 // Token rows sit in shared memory as 128-byte rows whose 16-byte chunks are XOR-swizzled by the
 // row (chunk c of row r at c ^ (r % 8)): the layout Hopper's wgmma reads, and conflict-free for the
 // fragment loads of the mma.sync path.
-// - sm_90a (Hopper): each group of 4 warps (a warpgroup) issues wgmma m64n64k16 with the weight
-//   fragments it dequantized in registers as A (warp w supplies rows 16w..16w+15: its tile) and the
-//   token tile read by the tensor cores straight from shared memory as B. One instruction replaces
-//   16 mma.sync and all fragment loads of x, which left the older design issue-bound.
+// - sm_90a (Hopper): each group of 4 warps (a warpgroup) issues wgmma m64n128k16 with the weight
+//   fragments it dequantized in registers as A (warp w supplies rows 16w..16w+15: one of its tiles)
+//   and the token tile read by the tensor cores straight from shared memory as B. One instruction
+//   replaces 16 mma.sync and all fragment loads of x, which left the older design issue-bound.
 // - Other GPUs: mma.sync m16n8k16 with x fragments loaded from shared memory.
 // The weight layout permutes the 16 inputs of each mma step (awq_repack.cu); rows_f16.cu writes x in
 // the same order, so the B operand of either path is a plain run of 16 halves.
@@ -40,22 +40,22 @@
 #define TILES (ROWS / 16)
 #define NKB (K / 64)
 #define KB_PER_G (GROUP / 64)
-#define BT 128       // tokens per block
-#define WT (BT / 2)  // tokens per warp
-#define NT (WT / 8)  // n8 tiles per warp
+#define BTILES 16   // weight tiles per block
+#define BT 128      // tokens per block (and per warp)
+#define NT (BT / 8)  // n8 tiles per warp
 // Stages in the ring, and how many ahead of the one being computed are loading. wgmma runs
 // asynchronously: the group of the previous 16-input step may still read its stage, so the
 // refill skips one more stage.
-#define STAGES (WGMMA ? 5 : 4)
+#define STAGES (WGMMA ? 6 : 3)
 #define AHEAD (WGMMA ? STAGES - 2 : STAGES - 1)
-// A stage: the token tile (128 rows of 64 fp16 inputs), the weight fragments (8 tiles x 32 lanes x
-// 16 bytes), and at a group's first stage the group's scales (8 tiles x 16 fp16) and zero points
-// (8 tiles x 8 bytes); padded so every stage starts on a 1024-byte boundary.
+// A stage: the token tile (128 rows of 64 fp16 inputs), the weight fragments (16 tiles x 32 lanes
+// x 16 bytes), and at a group's first stage the group's scales (16 tiles x 16 fp16) and zero points
+// (16 tiles x 8 bytes); padded so every stage starts on a 1024-byte boundary.
 #define X_BYTES (BT * 128)
 #define W_OFF X_BYTES
-#define S_OFF (W_OFF + 8 * 512)
-#define Z_OFF (S_OFF + 8 * 32)
-#define STAGE_BYTES (21 * 1024)
+#define S_OFF (W_OFF + BTILES * 512)
+#define Z_OFF (S_OFF + BTILES * 32)
+#define STAGE_BYTES (25 * 1024)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     unsigned a;
@@ -120,18 +120,24 @@ __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N_PENDING) : "memory");
 }
 
-// d (64 rows x 64 tokens of the warpgroup, m16n8 fragment order per n8 tile) += A (registers) x B.
-__device__ __forceinline__ void wgmma_m64n64k16(float* d, const unsigned* a, unsigned long long b) {
+// d (64 rows x 128 tokens of the warpgroup, m16n8 fragment order per n8 tile) += A (registers) x B.
+__device__ __forceinline__ void wgmma_m64n128k16(float* d, const unsigned* a, unsigned long long b) {
     asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "{%32,%33,%34,%35}, %36, 1, 1, 1, 0;"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+        "{%64,%65,%66,%67}, %68, 1, 1, 1, 0;"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),
           "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
+          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
+          "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),
+          "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),
+          "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 #else
@@ -144,7 +150,7 @@ __device__ __forceinline__ void mma_f16(float* c, const unsigned* a, unsigned b0
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
+extern "C" __global__ void __launch_bounds__(256, 1) awq_gemm(const f16_t* __restrict__ x,     // [M][K]
                                                           const float* __restrict__ x_scale,  // [M]
                                                           const uint4* __restrict__ w,
                                                           const f16_t* __restrict__ s,
@@ -155,8 +161,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
     extern __shared__ uint4 smem_raw[];  // 1 KiB of alignment slack + STAGES x STAGE_BYTES
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile0 = blockIdx.x * 8, tok0 = blockIdx.y * BT;
-    const int wr = warp & 3, wt = warp >> 2;  // this warp: tiles tile0 + 2 wr + {0, 1}, tokens tok0 + 64 wt + ...
+    const int tile0 = blockIdx.x * BTILES, tok0 = blockIdx.y * BT;
+    const int lt0 = 8 * (warp >> 2) + 2 * (warp & 3);  // this warp's tiles: tile0 + lt0 + {0, 1}
     const int nkb = NKB / gridDim.z, kb0 = blockIdx.z * nkb;  // this split's 64-input blocks
     // Stages start on 1024-byte boundaries, where the swizzle pattern starts.
     const unsigned raw = smem_u32(smem_raw);
@@ -164,20 +170,26 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
     const char* smem = reinterpret_cast<const char*>(smem_raw) + (base - raw);
 
     pdl_wait();
-    // Stage kb of the pipeline: this thread's weight fragment and 4 chunks of the token tile.
+    // The block's row factors (read in the epilogue; the main loop's first barrier publishes them).
+    __shared__ float s_x_scale[BT];
+    if (tid < BT) s_x_scale[tid] = tok0 + tid < m_rows ? x_scale[tok0 + tid] : 0.0f;
+    // Stage kb of the pipeline: this thread's 2 weight fragments and 4 chunks of the token tile.
     auto load_stage = [&](int i) {
         const int kb = kb0 + i;
         const unsigned st = base + (i % STAGES) * STAGE_BYTES;
-        const int tile = tile0 + (tid >> 5);
-        const bool tile_ok = tile < TILES;
-        cp_async16(st + W_OFF + tid * 16, w + ((long long)(tile_ok ? tile : 0) * NKB + kb) * 32 + lane, tile_ok);
-        if (kb % KB_PER_G == 0 && tid < 24) {  // the group's scales (2 chunks a tile) and zero points
-            const int gt = tid < 16 ? tid >> 1 : tid - 16, t2 = min(tile0 + gt, TILES - 1);
-            const long long at = (long long)t2 * (K / GROUP) + kb / KB_PER_G;
-            if (tid < 16)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int lt = (tid >> 5) + 8 * h, tile = tile0 + lt;
+            const bool ok = tile < TILES;
+            cp_async16(st + W_OFF + (lt * 32 + lane) * 16, w + ((long long)(ok ? tile : 0) * NKB + kb) * 32 + lane, ok);
+        }
+        if (kb % KB_PER_G == 0 && tid < 48) {  // the group's scales (2 chunks a tile) and zero points
+            const int lt = tid < 32 ? tid >> 1 : tid - 32, tile = min(tile0 + lt, TILES - 1);
+            const long long at = (long long)tile * (K / GROUP) + kb / KB_PER_G;
+            if (tid < 32)
                 cp_async16(st + S_OFF + tid * 16, s + at * 16 + 8 * (tid & 1), true);
             else
-                cp_async8(st + Z_OFF + gt * 8, z + at, true);
+                cp_async8(st + Z_OFF + lt * 8, z + at, true);
         }
 #pragma unroll
         for (int j = 0; j < BT / 32; j++) {
@@ -218,7 +230,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             const unsigned long long* zs = reinterpret_cast<const unsigned long long*>(smem + stage + Z_OFF);
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
-                const int lt = 2 * wr + mt;
+                const int lt = lt0 + mt;
                 const unsigned long long zw = zs[lt];
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
@@ -230,7 +242,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
             }
         }
         const uint4* ws = reinterpret_cast<const uint4*>(smem + stage + W_OFF);
-        const uint4 wf[2] = {ws[(2 * wr) * 32 + lane], ws[(2 * wr + 1) * 32 + lane]};
+        const uint4 wf[2] = {ws[lt0 * 32 + lane], ws[(lt0 + 1) * 32 + lane]};
 #pragma unroll
         for (int j = 0; j < 4; j++) {  // 16-input mma steps
             unsigned a[2][4];
@@ -240,19 +252,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
                 dequant_step(word, neg_z[mt], s2[mt], a[mt]);
             }
 #if WGMMA
-            // The warpgroup's 64 tokens, inputs 16 j .. 16 j + 15: 32 bytes into each swizzled row.
-            const unsigned long long b = smem_desc(base + stage + wt * (64 * 128) + 32 * j);
+            // The 128 tokens, inputs 16 j .. 16 j + 15: 32 bytes into each swizzled row.
+            const unsigned long long b = smem_desc(base + stage + 32 * j);
             wgmma_fence();  // a was written by ordinary instructions
-            wgmma_m64n64k16(acc[0], a[0], b);
-            wgmma_m64n64k16(acc[1], a[1], b);
+            wgmma_m64n128k16(acc[0], a[0], b);
+            wgmma_m64n128k16(acc[1], a[1], b);
             wgmma_commit();
             wgmma_wait<1>();  // the previous step's group is done: its a registers are free
 #else
             const char* xs = smem + stage;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                // Token WT wt + 8 nt + g, inputs 16 j + 2t, + 1 (chunk 2j) and 16 j + 8 + 2t, + 1 (chunk 2j + 1).
-                const int r = WT * wt + 8 * nt + g;
+                // Token 8 nt + g, inputs 16 j + 2t, + 1 (chunk 2j) and 16 j + 8 + 2t, + 1 (chunk 2j + 1).
+                const int r = 8 * nt + g;
                 const unsigned b0 = *reinterpret_cast<const unsigned*>(xs + x_chunk(r, 2 * j) + 4 * t);
                 const unsigned b1 = *reinterpret_cast<const unsigned*>(xs + x_chunk(r, 2 * j + 1) + 4 * t);
                 mma_f16(&acc[0][4 * nt], a[0], b0, b1);
@@ -267,51 +279,73 @@ extern "C" __global__ void __launch_bounds__(256, 2) awq_gemm(const f16_t* __res
     cp_async_wait<0>();
     pdl_trigger();
 
-    // acc[mt]: rows g (0, 1) and g + 8 (2, 3) of tile 2 wr + mt; tokens 2t and 2t + 1 of n-tile nt.
+    // acc[mt]: rows g (0, 1) and g + 8 (2, 3) of tile lt0 + mt; tokens 2t and 2t + 1 of n-tile nt.
+    // EPI n-tiles at a time, so the residual loads of a round are all in flight together.
+    constexpr int EPI = 4;
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
+    for (int nt0 = 0; nt0 < NT; nt0 += EPI) {
+#if MODE == 1
+        float old[EPI][2][2][2];  // [n-tile][token e][tile mt][row half h]
+        if (gridDim.z == 1) {
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int m = tok0 + WT * wt + 8 * nt + 2 * t + e;
-            if (m >= m_rows) continue;
-            const float f = x_scale[m];
-            if (gridDim.z > 1) {  // raw sums of this split, for awq_gemm_reduce
+            for (int i = 0; i < EPI; i++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const int m = tok0 + 8 * (nt0 + i) + 2 * t + e, tile = tile0 + lt0 + mt;
+                            old[i][e][mt][h] = m < m_rows && tile < TILES ? y[(long long)m * N + 16 * tile + g + 8 * h] : 0.0f;
+                        }
+        }
+#endif
+#pragma unroll
+        for (int i = 0; i < EPI; i++) {
+            const int nt = nt0 + i;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int m = tok0 + 8 * nt + 2 * t + e;
+                if (m >= m_rows) continue;
+                const float f = s_x_scale[m - tok0];
+                if (gridDim.z > 1) {  // raw sums of this split, for awq_gemm_reduce
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        const int tile = tile0 + lt0 + mt;
+                        if (tile >= TILES) continue;
+#pragma unroll
+                        for (int h = 0; h < 2; h++)
+                            partial[((long long)blockIdx.z * m_rows + m) * ROWS + 16 * tile + g + 8 * h] =
+                                acc[mt][4 * nt + 2 * h + e] * f;
+                    }
+                    continue;
+                }
+#if MODE == 2
+                const int pair = (tile0 + lt0) >> 1;  // gate tile 2 pair, up tile 2 pair + 1
+                if (2 * pair < TILES) {
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float gate = acc[0][4 * nt + 2 * h + e] * f, up = acc[1][4 * nt + 2 * h + e] * f;
+                        y[(long long)m * N + 16 * pair + g + 8 * h] = gate / (1.0f + expf(-gate)) * up;
+                    }
+                }
+#else
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
-                    const int tile = tile0 + 2 * wr + mt;
+                    const int tile = tile0 + lt0 + mt;
                     if (tile >= TILES) continue;
 #pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        partial[((long long)blockIdx.z * m_rows + m) * ROWS + 16 * tile + g + 8 * h] =
-                            acc[mt][4 * nt + 2 * h + e] * f;
-                }
-                continue;
-            }
-#if MODE == 2
-            const int pair = (tile0 >> 1) + wr;  // gate tile 2 pair, up tile 2 pair + 1
-            if (2 * pair < TILES) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float gate = acc[0][4 * nt + 2 * h + e] * f, up = acc[1][4 * nt + 2 * h + e] * f;
-                    y[(long long)m * N + 16 * pair + g + 8 * h] = gate / (1.0f + expf(-gate)) * up;
-                }
-            }
-#else
-#pragma unroll
-            for (int mt = 0; mt < 2; mt++) {
-                const int tile = tile0 + 2 * wr + mt;
-                if (tile >= TILES) continue;
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    float* out = y + (long long)m * N + 16 * tile + g + 8 * h;
+                    for (int h = 0; h < 2; h++) {
+                        const float v = acc[mt][4 * nt + 2 * h + e] * f;
 #if MODE == 1
-                    *out += acc[mt][4 * nt + 2 * h + e] * f;
+                        y[(long long)m * N + 16 * tile + g + 8 * h] = old[i][e][mt][h] + v;
 #else
-                    *out = acc[mt][4 * nt + 2 * h + e] * f;
+                        y[(long long)m * N + 16 * tile + g + 8 * h] = v;
 #endif
+                    }
                 }
-            }
 #endif
+            }
         }
     }
 }

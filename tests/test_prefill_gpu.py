@@ -235,7 +235,7 @@ def test_prefill_default_chunk_generates_reference_greedy(make_model):
 
 @pytest.mark.slow
 def test_prefill_32k_prompt(make_model, tmp_path):
-    """A 32768-token prompt (32 chunks of the default 1024) within max_seq_len: its last positions' logits
+    """A 32768-token prompt (16 chunks of the default 2048) within max_seq_len: its last positions' logits
     agree with token-by-token processing."""
     import qwen3_rs
 

@@ -41,7 +41,7 @@ class Qwen3Engine:
         cuda_graphs: bool = True,
         devices: Sequence[int] | None = None,
         layer_devices: Sequence[int] | None = None,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 2048,
         on_event: LoadCallback | None = None,
     ) -> None:
         """Loads `model_path` onto GPU `device`, or over `devices` (layers in contiguous ranges

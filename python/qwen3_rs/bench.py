@@ -212,7 +212,12 @@ def torch_bf16_peak(device: int = 0, n: int = 8192) -> float | None:
 
 
 def prefill(
-    model: str, lengths=(128, 512, 2048, 8192), device: int = 0, kv_cache_dtype: str = "fp16", log=print
+    model: str,
+    lengths=(128, 512, 2048, 8192),
+    device: int = 0,
+    kv_cache_dtype: str = "fp16",
+    prefill_chunk: int = 2048,
+    log=print,
 ) -> dict:
     """Time to first token and prompt tokens/s for prompts of `lengths` (generate with one new
     token), and the prompt kernels' TFLOP/s at 2048 tokens against a cuBLAS bf16 GEMM measured in
@@ -234,7 +239,14 @@ def prefill(
                 msg += f" ({100 * flops / secs / peak:5.1f}% of cuBLAS bf16)"
         kernels.append(row)
         log(msg)
-    engine = Qwen3Engine(model, device=device, max_seq_len=max(lengths) + 2, kv_cache_dtype=kv_cache_dtype)
+    engine = Qwen3Engine(
+        model,
+        device=device,
+        max_seq_len=max(lengths) + 2,
+        kv_cache_dtype=kv_cache_dtype,
+        prefill_chunk=prefill_chunk,
+    )
+    log(f"prefill_chunk {prefill_chunk}")
     vocab = engine.config["vocab_size"]
     rows = []
     log(f"{'prompt':>8} {'TTFT ms':>9} {'prompt tok/s':>13}")

@@ -19,7 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, help="KV-cache positions (default: the model's maximum)")
     p.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "q8"])
     p.add_argument("--no-cuda-graphs", action="store_true", help="launch kernels one by one")
-    p.add_argument("--prefill-chunk", type=int, default=1024, help="prompt positions per batched pass (0: one by one)")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt positions per batched pass (0: one by one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while loading")
     p.add_argument("-v", "--verbose", action="store_true", help="log load and compile events")
 
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--prefill", action="store_true", help="time to first token for 128..8192-token prompts instead of decode"
     )
+    bench.add_argument("--prefill-chunk", type=int, default=2048, help="prompt positions per batched pass (--prefill)")
     return parser
 
 
@@ -197,7 +198,7 @@ def _bench(args, parser) -> int:
     if (args.multi_gpu or args.prefill) and model is None:
         parser.error("--multi-gpu and --prefill need --model or --random-model-dir")
     if args.prefill:
-        b.prefill(model, device=args.device, kv_cache_dtype=args.kv_cache_dtype)
+        b.prefill(model, device=args.device, kv_cache_dtype=args.kv_cache_dtype, prefill_chunk=args.prefill_chunk)
         return 0
     if args.multi_gpu:
         b.multi_gpu(model)

@@ -72,7 +72,7 @@ class Qwen3Engine(_qwen3_rs.Qwen3Engine):
         cuda_graphs: bool = True,
         devices: Sequence[int] | None = None,
         layer_devices: Sequence[int] | None = None,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 2048,
         *,
         revision: str | None = None,
         progress: bool | None = None,

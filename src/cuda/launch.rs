@@ -766,15 +766,15 @@ pub struct AwqGemm {
 }
 
 impl AwqGemm {
-    /// Shared memory: pipeline stages of 21 KiB (a 128-token x 64-input fp16 tile, 4 KiB of
-    /// weight fragments, a group's scales and zero points), 5 with wgmma (`sm_90a`) and 4 without
+    /// Shared memory: pipeline stages of 25 KiB (a 128-token x 64-input fp16 tile, 8 KiB of
+    /// weight fragments, a group's scales and zero points), 6 with wgmma (`sm_90a`) and 3 without
     /// (kernels/awq_gemm.cu STAGES), plus 1 KiB to align the stages to the swizzle pattern.
     fn shared_bytes(arch: &str) -> usize {
-        let stages = if arch == "sm_90a" { 5 } else { 4 };
-        1024 + stages * 21 * 1024
+        let stages = if arch == "sm_90a" { 6 } else { 3 };
+        1024 + stages * 25 * 1024
     }
     /// Weight rows and tokens of one block.
-    const BLOCK: (usize, usize) = (128, 128);
+    const BLOCK: (usize, usize) = (256, 128);
 
     pub fn new(ex: &Executor, k: usize, n: usize, group: usize, epilogue: Epilogue) -> Result<Self> {
         let ty = KernelType::AwqGemm { k: k as u32, n: n as u32, group: group as u32, epilogue };
@@ -807,8 +807,9 @@ impl AwqGemm {
         }
     }
 
-    /// K splits for `rows` tokens: doubled while the grid has fewer than two blocks per SM (two
-    /// fit on one), each split keeps whole groups, and the partial sums fit in `scratch` floats.
+    /// K splits for `rows` tokens: doubled while the grid has fewer than two blocks per SM (one
+    /// runs on an SM at a time; a second wave covers the first one's tail), each split keeps whole
+    /// groups, and the partial sums fit in `scratch` floats.
     pub fn splits(&self, rows: usize, scratch: usize) -> usize {
         let blocks = self.weight_rows().div_ceil(Self::BLOCK.0) * rows.div_ceil(Self::BLOCK.1);
         let groups = self.k / self.group;
