@@ -61,13 +61,8 @@ fn kernels(c: &mut Criterion) {
     }
     for dtype in [KvDtype::Fp16, KvDtype::Q8] {
         for context in [512, 4096, 32768] {
-            run_case(
-                c,
-                &ex,
-                copy_bw,
-                attention_case(&ex, context, dtype).expect("attention case"),
-                &mut summary,
-            );
+            let case = attention_case(&ex, context, dtype).expect("attention case");
+            run_case(c, &ex, copy_bw, case, &mut summary);
         }
     }
     for m in [128, 2048] {

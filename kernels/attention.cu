@@ -38,11 +38,10 @@
 //   at 2^8) is split so q * 2^e is still an exact fp16 in B and m goes into the fp32 weight before
 //   its hi/lo split; each mma n-tile lies within one 64-value scale block. Dequantization thus
 //   stays exact, like fp32 arithmetic on q * s.
-// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, KV_Q8, Q8_BLOCK.
+// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, N_WARPS, KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
 #define NEG_INF (-__int_as_float(0x7f800000))
-#define N_WARPS 4
 #define THREADS (N_WARPS * 32)
 #define HG_HEADS 8                              // query heads per block: the 8 "hi" rows of an mma
 #define HGROUPS ((GQA + HG_HEADS - 1) / HG_HEADS)  // blocks per KV head along the heads

@@ -6,8 +6,9 @@
 // A block takes QT query positions of one KV head and all GQA query heads sharing it (8 warps or
 // more), so each K/V chunk is loaded once for all of them: warp w holds the 16 rows (query head
 // w % GQA, positions (w / GQA) * 16 + 0..15). K/V chunks of KC positions are staged in shared memory
-// as fp16 rows, double-buffered: an fp16 cache streams in by cp.async while the previous chunk is
-// computed; an int8 cache is dequantized on the way in. S = Q K^T and O += P V run as m16n8k16 fp16
+// as fp16 rows: an fp16 cache streams by cp.async into two buffers, the next chunk loading while
+// one is computed; an int8 cache streams (cp.async, its scales through registers) into two raw
+// buffers and is dequantized into one fp16 buffer at the start of its turn. S = Q K^T and O += P V run as m16n8k16 fp16
 // mma with fp32 accumulation, their B fragments fetched by ldmatrix (transposing for V), and the
 // softmax is online in registers (base 2: q carries head_dim^-0.5 * log2(e)). Only chunks crossing
 // the block's first position need the causal mask. q and the scores stay small (q and k are
@@ -23,6 +24,11 @@
 #define DS (HEAD_DIM / 16)           // mma k-steps of q.k
 #define DT (HEAD_DIM / 8)            // output n-tiles
 #define CHUNK_HALVES (2 * KC * KP)   // K then V of one chunk
+#if KV_Q8
+#define RAW_BYTES (2 * KC * HEAD_DIM)                 // int8 K then V of one chunk
+#define N_SCALES (2 * KC * Q8_PER_ROW)                // their scales
+#define SREG ((N_SCALES + NW * 32 - 1) / (NW * 32))  // scales a thread carries to the next chunk
+#endif
 #define NEG_INF (-__int_as_float(0x7f800000))
 
 __device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
@@ -56,11 +62,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
                  : "r"(addr));
 }
 
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
 #if KV_Q8
-// Eight cached values of `row` from dim d0 as fp16.
-__device__ __forceinline__ uint4 kv_load8(const kv_t* cache, const f16_t* scales, long long row, int d0) {
-    const uint2 raw = *reinterpret_cast<const uint2*>(cache + row * HEAD_DIM + d0);
-    const float s = f16_to_f32(scales[row * Q8_PER_ROW + d0 / Q8_BLOCK]);
+// Eight int8 values times their scale, as fp16.
+__device__ __forceinline__ uint4 dequant8(uint2 raw, float s) {
     unsigned h[4];
 #pragma unroll
     for (int e = 0; e < 4; e++) {
@@ -69,11 +78,6 @@ __device__ __forceinline__ uint4 kv_load8(const kv_t* cache, const f16_t* scales
         h[e] = pack_f16((float)b0 * s, (float)b1 * s);
     }
     return make_uint4(h[0], h[1], h[2], h[3]);
-}
-#else
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
-    const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
 }
 #endif
 
@@ -88,8 +92,14 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     int m_rows,
     int max_seq,
     float q_scale) {
-    extern __shared__ uint4 smem_raw[];  // 2 chunk buffers
+    // fp16 cache: 2 chunk buffers. int8: 1 chunk buffer, 2 raw chunks, the current chunk's scales.
+    extern __shared__ uint4 smem_raw[];
     f16_t* const smem = reinterpret_cast<f16_t*>(smem_raw);
+#if KV_Q8
+    signed char* const raw = reinterpret_cast<signed char*>(smem + CHUNK_HALVES);
+    f16_t* const scales = reinterpret_cast<f16_t*>(raw + 2 * RAW_BYTES);
+    f16_t next_scale[SREG];
+#endif
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -104,23 +114,36 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     const int kend = min(pos0 + min(m_rows, (qblock + 1) * QT), max_seq);
     const long long head_row = (long long)kv * max_seq;
 
-    // Chunk c0 into buffer b: rows of K then V, 8 dims per thread and step (dims fastest, so a
+    // Chunk c0 into buffer b: rows of K then V, 16 bytes per thread and step (contiguous, so a
     // warp reads whole rows); positions past kend are zero-filled.
     auto load_chunk = [&](int c0, int b) {
+#if KV_Q8
+        signed char* kb = raw + b * RAW_BYTES;
+        for (int i = tid; i < KC * (HEAD_DIM / 16); i += NW * 32) {
+            const int r = i / (HEAD_DIM / 16), d0 = (i % (HEAD_DIM / 16)) * 16;
+            const bool ok = c0 + r < kend;
+            const long long row = head_row + (ok ? c0 + r : 0);
+            cp_async16(smem_addr(kb + r * HEAD_DIM + d0), k_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_addr(kb + (KC + r) * HEAD_DIM + d0), v_cache + row * HEAD_DIM + d0, ok);
+        }
+        // Scales (too small and unaligned for cp.async) wait in registers for the chunk's turn.
+#pragma unroll
+        for (int j = 0; j < SREG; j++) {
+            const int i = tid + NW * 32 * j, which = i / (KC * Q8_PER_ROW), r = i % (KC * Q8_PER_ROW);
+            const bool ok = i < N_SCALES && c0 + r / Q8_PER_ROW < kend;
+            const f16_t* src = which ? v_scale : k_scale;
+            next_scale[j] = ok ? src[(head_row + c0) * Q8_PER_ROW + r] : (f16_t)0;
+        }
+#else
         f16_t* kb = smem + b * CHUNK_HALVES;
         for (int i = tid; i < KC * (HEAD_DIM / 8); i += NW * 32) {
             const int r = i / (HEAD_DIM / 8), d0 = (i % (HEAD_DIM / 8)) * 8;
             const bool ok = c0 + r < kend;
             const long long row = head_row + (ok ? c0 + r : 0);
-#if KV_Q8
-            const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-            *reinterpret_cast<uint4*>(kb + r * KP + d0) = ok ? kv_load8(k_cache, k_scale, row, d0) : zero;
-            *reinterpret_cast<uint4*>(kb + (KC + r) * KP + d0) = ok ? kv_load8(v_cache, v_scale, row, d0) : zero;
-#else
             cp_async16(smem_addr(kb + r * KP + d0), k_cache + row * HEAD_DIM + d0, ok);
             cp_async16(smem_addr(kb + (KC + r) * KP + d0), v_cache + row * HEAD_DIM + d0, ok);
-#endif
         }
+#endif
         asm volatile("cp.async.commit_group;");
     };
     load_chunk(0, 0);
@@ -146,6 +169,11 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     const int lr = lane & 7, lm = lane >> 3;
 
     for (int c0 = 0, b = 0; c0 < kend; c0 += KC, b ^= 1) {
+#if KV_Q8
+#pragma unroll
+        for (int j = 0; j < SREG; j++)  // this chunk's scales (the last reader passed the last barrier)
+            if (tid + NW * 32 * j < N_SCALES) scales[tid + NW * 32 * j] = next_scale[j];
+#endif
         if (c0 + KC < kend) {
             load_chunk(c0 + KC, b ^ 1);  // its buffer was released by the barrier ending the last chunk
             asm volatile("cp.async.wait_group 1;" ::: "memory");
@@ -153,7 +181,18 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             asm volatile("cp.async.wait_group 0;" ::: "memory");
         }
         __syncthreads();  // chunk c0 is in buffer b for every thread
+#if KV_Q8
+        for (int i = tid; i < 2 * KC * (HEAD_DIM / 8); i += NW * 32) {  // rows of K, then of V
+            const int r = i / (HEAD_DIM / 8), d0 = (i % (HEAD_DIM / 8)) * 8;
+            const uint2 q8 = *reinterpret_cast<const uint2*>(raw + b * RAW_BYTES + r * HEAD_DIM + d0);
+            const float sc = f16_to_f32(scales[r * Q8_PER_ROW + d0 / Q8_BLOCK]);
+            *reinterpret_cast<uint4*>(smem + r * KP + d0) = dequant8(q8, sc);
+        }
+        __syncthreads();
+        const unsigned kbase = smem_addr(smem), vbase = kbase + KC * KP * 2;
+#else
         const unsigned kbase = smem_addr(smem + b * CHUNK_HALVES), vbase = kbase + KC * KP * 2;
+#endif
 
         // S = Q K^T: per n-tile of 8 keys, two k-steps per ldmatrix (matrices: dims +0, +8, +16, +24).
         float sc[KC / 8][4];

@@ -30,6 +30,10 @@ pub fn device_count() -> usize {
     CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
 }
 
+/// Environment variable overriding the NVRTC target (e.g. `sm_90` on an H100 runs the portable
+/// mma.sync paths instead of the wgmma ones, which tests use to check them).
+pub const ARCH_ENV: &str = "QWEN3_RS_ARCH";
+
 /// The NVRTC target of a device: its own architecture, with Hopper's arch-specific features
 /// (`sm_90a`: wgmma, used by the prompt GEMM); such a module loads only on that architecture,
 /// which is the device it is compiled for.
@@ -75,7 +79,10 @@ impl Executor {
             ctx,
             stream,
             ordinal,
-            arch: arch_name(major, minor),
+            arch: std::env::var(ARCH_ENV)
+                .ok()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| arch_name(major, minor)),
             pdl: major >= 9 && std::env::var_os("QWEN3_RS_NO_PDL").is_none(),
             sm_count: sm_count.max(1) as usize,
             cache_dir: compile::default_cache_dir(),

@@ -113,6 +113,8 @@ pub enum KernelType {
         n_kv_heads: u32,
         /// Blocks per KV head (and group of up to 8 query heads) along the sequence.
         splits: u32,
+        /// Warps per block.
+        warps: u32,
         kv: KvDtype,
     },
     /// The int8 KV cache back to fp32.
@@ -210,12 +212,13 @@ impl KernelType {
                 d.extend(kv_defines(kv, head_dim));
                 d
             }
-            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, kv } => {
+            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, warps, kv } => {
                 let mut d = vec![
                     ("HEAD_DIM", head_dim),
                     ("N_HEADS", n_heads),
                     ("N_KV_HEADS", n_kv_heads),
                     ("SPLITS", splits),
+                    ("N_WARPS", warps),
                 ];
                 d.extend(kv_defines(kv, head_dim));
                 d
@@ -308,9 +311,15 @@ mod tests {
         );
         assert!(src.contains("__global__ void __launch_bounds__(KSPLIT * 32) awq_gemv("));
         assert_eq!(k.to_string(), "awq_gemv-k4096-n6144-group128-addto");
-        let a =
-            KernelType::Attention { head_dim: 128, n_heads: 32, n_kv_heads: 8, splits: 32, kv: KvDtype::Q8 };
-        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-q8");
+        let a = KernelType::Attention {
+            head_dim: 128,
+            n_heads: 32,
+            n_kv_heads: 8,
+            splits: 32,
+            warps: 4,
+            kv: KvDtype::Q8,
+        };
+        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-n_warps4-q8");
         assert!(a.source().contains("#define KV_Q8 1\n#define Q8_BLOCK 64\n"));
     }
 
