@@ -6,7 +6,7 @@
 // overflows fp16 and the row factor is re-applied exactly to the fp32 result. Weights dequantize in
 // registers to fp16 as (q - z) (exact) times the group's fp16 scale (one rounding, 2^-11 relative);
 // the mma accumulates in fp32. (Keeping (q - z) exact and scaling each group's fp32 sums instead
-// doubles the accumulator registers and measured 28% slower on an H100.)
+// doubles the accumulator registers and measured 28% slower on an H100, mma.sync design.)
 //
 // A block computes 256 weight rows (16 tiles) x BT = 128 tokens with 8 warps; each warp owns 2
 // tiles x all 128 tokens (2 x 16 m16n8 accumulators), so a token tile in shared memory serves 256
