@@ -161,7 +161,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) awq_gemm(const f16_t* __res
     extern __shared__ uint4 smem_raw[];  // 1 KiB of alignment slack + STAGES x STAGE_BYTES
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int tile0 = blockIdx.x * BTILES, tok0 = blockIdx.y * BT;
+    // Token blocks vary fastest over the grid: the blocks running together share weight tiles, so
+    // each weight byte comes from DRAM about once while the (smaller) activations stay in L2.
+    const int tile0 = blockIdx.y * BTILES, tok0 = blockIdx.x * BT;
     const int lt0 = 8 * (warp >> 2) + 2 * (warp & 3);  // this warp's tiles: tile0 + lt0 + {0, 1}
     const int nkb = NKB / gridDim.z, kb0 = blockIdx.z * nkb;  // this split's 64-input blocks
     // Stages start on 1024-byte boundaries, where the swizzle pattern starts.

@@ -857,7 +857,7 @@ impl AwqGemm {
             || format!("{rows} rows, x {}, weight {}x{}, y {}", x.len(), w.rows, w.k, y.len()),
         )?;
         let splits = self.splits(rows, scratch.len());
-        let mut c = cfg((w_rows.div_ceil(Self::BLOCK.0) as u32, rows.div_ceil(Self::BLOCK.1) as u32), 256);
+        let mut c = cfg((rows.div_ceil(Self::BLOCK.1) as u32, w_rows.div_ceil(Self::BLOCK.0) as u32), 256);
         c.grid_dim.2 = splits as u32;
         c.shared_mem_bytes = self.shared_bytes;
         let n_out = rows * self.n;
