@@ -31,22 +31,12 @@
 #endif
 #define NEG_INF (-__int_as_float(0x7f800000))
 
-__device__ __forceinline__ unsigned pack_f16(float lo, float hi) {
-    return (unsigned)f32_to_f16(lo) | ((unsigned)f32_to_f16(hi) << 16);
-}
-
 __device__ __forceinline__ void mma_f16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(p));
-    return a;
 }
 
 // Four 8x8 fp16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
@@ -62,11 +52,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
                  : "r"(addr));
 }
 
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
-    const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
-}
-
 #if KV_Q8
 // Eight int8 values times their scale, as fp16.
 __device__ __forceinline__ uint4 dequant8(uint2 raw, float s) {
@@ -75,7 +60,7 @@ __device__ __forceinline__ uint4 dequant8(uint2 raw, float s) {
     for (int e = 0; e < 4; e++) {
         const unsigned word = e < 2 ? raw.x : raw.y;
         const int b0 = (signed char)(word >> (16 * (e & 1))), b1 = (signed char)(word >> (16 * (e & 1) + 8));
-        h[e] = pack_f16((float)b0 * s, (float)b1 * s);
+        h[e] = pack_f16x2((float)b0 * s, (float)b1 * s);
     }
     return make_uint4(h[0], h[1], h[2], h[3]);
 }
@@ -123,8 +108,8 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             const int r = i / (HEAD_DIM / 16), d0 = (i % (HEAD_DIM / 16)) * 16;
             const bool ok = c0 + r < kend;
             const long long row = head_row + (ok ? c0 + r : 0);
-            cp_async16(smem_addr(kb + r * HEAD_DIM + d0), k_cache + row * HEAD_DIM + d0, ok);
-            cp_async16(smem_addr(kb + (KC + r) * HEAD_DIM + d0), v_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + r * HEAD_DIM + d0), k_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + (KC + r) * HEAD_DIM + d0), v_cache + row * HEAD_DIM + d0, ok);
         }
         // Scales (too small and unaligned for cp.async) wait in registers for the chunk's turn.
 #pragma unroll
@@ -140,11 +125,11 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             const int r = i / (HEAD_DIM / 8), d0 = (i % (HEAD_DIM / 8)) * 8;
             const bool ok = c0 + r < kend;
             const long long row = head_row + (ok ? c0 + r : 0);
-            cp_async16(smem_addr(kb + r * KP + d0), k_cache + row * HEAD_DIM + d0, ok);
-            cp_async16(smem_addr(kb + (KC + r) * KP + d0), v_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + r * KP + d0), k_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + (KC + r) * KP + d0), v_cache + row * HEAD_DIM + d0, ok);
         }
 #endif
-        asm volatile("cp.async.commit_group;");
+        cp_async_commit();
     };
     load_chunk(0, 0);
 
@@ -157,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             const int m = m0 + g + 8 * (i & 1), d = 16 * ds + 2 * t + 8 * (i >> 1);
             float2 v = make_float2(0.0f, 0.0f);
             if (m < m_rows) v = *reinterpret_cast<const float2*>(q + ((long long)m * N_HEADS + head) * HEAD_DIM + d);
-            qa[ds][i] = pack_f16(v.x * q_scale, v.y * q_scale);
+            qa[ds][i] = pack_f16x2(v.x * q_scale, v.y * q_scale);
         }
     }
     float o[DT][4];
@@ -176,9 +161,9 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
 #endif
         if (c0 + KC < kend) {
             load_chunk(c0 + KC, b ^ 1);  // its buffer was released by the barrier ending the last chunk
-            asm volatile("cp.async.wait_group 1;" ::: "memory");
+            cp_async_wait<1>();
         } else {
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
+            cp_async_wait<0>();
         }
         __syncthreads();  // chunk c0 is in buffer b for every thread
 #if KV_Q8
@@ -189,9 +174,9 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             *reinterpret_cast<uint4*>(smem + r * KP + d0) = dequant8(q8, sc);
         }
         __syncthreads();
-        const unsigned kbase = smem_addr(smem), vbase = kbase + KC * KP * 2;
+        const unsigned kbase = smem_u32(smem), vbase = kbase + KC * KP * 2;
 #else
-        const unsigned kbase = smem_addr(smem + b * CHUNK_HALVES), vbase = kbase + KC * KP * 2;
+        const unsigned kbase = smem_u32(smem + b * CHUNK_HALVES), vbase = kbase + KC * KP * 2;
 #endif
 
         // S = Q K^T: per n-tile of 8 keys, two k-steps per ldmatrix (matrices: dims +0, +8, +16, +24).
@@ -253,8 +238,8 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
                 const float p2 = exp2f(s0[2] - row_max[1]), p3 = exp2f(s0[3] - row_max[1]);
                 row_sum[0] += p0 + p1;
                 row_sum[1] += p2 + p3;
-                pa[2 * half] = pack_f16(p0, p1);
-                pa[2 * half + 1] = pack_f16(p2, p3);
+                pa[2 * half] = pack_f16x2(p0, p1);
+                pa[2 * half + 1] = pack_f16x2(p2, p3);
             }
 #pragma unroll
             for (int dt = 0; dt < DT; dt += 2) {

@@ -40,6 +40,33 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Two floats as an fp16 pair (round to nearest), `lo` in the low half.
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+    return (unsigned)f32_to_f16(lo) | (unsigned)f32_to_f16(hi) << 16;
+}
+
+// The shared-memory address of a generic pointer into shared memory (cp.async, ldmatrix, wgmma).
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16 bytes from global to shared memory without passing through registers (L2 only); with
+// `valid` false the destination is zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most N_PENDING of this thread's committed groups are still in flight.
+template <int N_PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N_PENDING) : "memory");
+}
+
 // Programmatic dependent launch (sm_90+): a kernel may start while the previous kernel on the
 // stream is still running. pdl_wait() blocks until that kernel has finished and its writes are
 // visible: everything before it may only read data no earlier kernel writes (weights).

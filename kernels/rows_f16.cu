@@ -13,10 +13,6 @@
 #define PER ((RUNS + THREADS - 1) / THREADS)  // runs per thread
 static_assert(K % 16 == 0, "rows of whole 16-input runs");
 
-__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
-    return (unsigned)f32_to_f16(lo) | (unsigned)f32_to_f16(hi) << 16;
-}
-
 extern "C" __global__ void __launch_bounds__(THREADS) rows_f16(const float* __restrict__ x,  // [rows][K]
                                                               const f16_t* __restrict__ norm_weight,
                                                               float eps,

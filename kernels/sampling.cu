@@ -237,6 +237,23 @@ __device__ void sort_shared_desc(u64* a, int s) {
     }
 }
 
+// Sorts the n candidates cand[0 .. n) by key, largest first, in place: in registers for up to
+// one per thread, else in shared memory padded with 0 (below every token) to a power of two.
+// cand holds room for that padding; tmp is the register sort's exchange buffer.
+__device__ __forceinline__ void sort_candidates_desc(u64* cand, int n, u64* tmp) {
+    const int tid = threadIdx.x;
+    if (n <= SAMPLE_THREADS) {
+        const u64 c = sort_1024_desc(tid < n ? cand[tid] : 0ull, tmp);
+        __syncthreads();
+        cand[tid] = c;
+    } else {
+        int s = SAMPLE_THREADS;
+        while (s < n) s <<= 1;
+        for (int j = n + tid; j < s; j += SAMPLE_THREADS) cand[j] = 0;
+        sort_shared_desc(cand, s);
+    }
+}
+
 // ceil(top_p * total), within [1, total] (0 when total is 0).
 __device__ __forceinline__ u64 top_p_target(float top_p, u64 total) {
     u64 target = (u64)ceil((double)top_p * (double)total);
@@ -426,17 +443,8 @@ __device__ unsigned top_p_select(const View& v, float top_p, unsigned lower, flo
         __syncthreads();  // every thread has read cand_n and sel_min
         return radix_select<true>(v, target, from, cand, mine_s, scratch, sel_bin, sel_u64);
     }
-    // Sort the bin's tokens by key, largest first (padding 0 is below every token).
-    if (n <= SAMPLE_THREADS) {
-        const u64 c = sort_1024_desc(tid < n ? cand[tid] : 0ull, mine_s);
-        __syncthreads();
-        cand[tid] = c;
-    } else {
-        int s = SAMPLE_THREADS;
-        while (s < n) s <<= 1;
-        for (int j = n + tid; j < s; j += SAMPLE_THREADS) cand[j] = 0;
-        sort_shared_desc(cand, s);
-    }
+    // Sort the bin's tokens by key, largest first.
+    sort_candidates_desc(cand, n, mine_s);
     __syncthreads();
     // The first candidate where the running mass reaches what is left of the target; the tokens
     // of lower bins and larger keys in this bin weigh less than the target, so it is the threshold.
@@ -632,17 +640,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             }
             if (n >= 1 && n <= CAND) {
                 done = true;
-                // Sort the candidates by key, largest first (padding 0 is below every token).
-                if (n <= SAMPLE_THREADS) {
-                    const u64 c = sort_1024_desc(tid < n ? cand[tid] : 0ull, mine_s);
-                    __syncthreads();
-                    cand[tid] = c;
-                } else {
-                    int s = SAMPLE_THREADS;
-                    while (s < n) s <<= 1;
-                    for (int j = n + tid; j < s; j += SAMPLE_THREADS) cand[j] = 0;
-                    sort_shared_desc(cand, s);
-                }
+                // Sort the candidates by key, largest first.
+                sort_candidates_desc(cand, n, mine_s);
                 __syncthreads();
                 // Thread t looks at sorted candidates CAND_PER_THREAD * t + e.
                 unsigned ck[CAND_PER_THREAD];
