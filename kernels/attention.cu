@@ -8,16 +8,19 @@
 //
 // Why it is shaped like this: decode attention is a stream over the cache with ~2 flops per byte,
 // so the kernel must keep many bytes in flight and spend few instructions per byte.
-// - Each warp streams its own tiles of 16 positions (tiles interleaved over the block's warps)
-//   straight from global memory into mma fragments, with no block-wide barrier in the loop: the
-//   next tile's K is requested as soon as q.k has consumed the current one and its V as soon as
-//   p.v has, so about one tile per warp is always in flight. The warps of a block merge their
-//   online-softmax states once, at the end.
-// - The fixed cost is kept off the critical path: the first tile of every warp is requested before
+// - Each warp streams its own tiles of positions (tiles interleaved over the block's warps) with
+//   cp.async into a private ring of DEPTH tile slots in shared memory, with no block-wide barrier in
+//   the loop: a slot is refilled as soon as the warp has read it, so DEPTH tiles per warp are always
+//   in flight. A short context (4096 positions: two tiles per warp) is thus requested whole at the
+//   start, and the warps of a block merge their online-softmax states once, at the end.
+// - The fixed cost is kept off the critical path: the warp's first DEPTH tiles are requested before
 //   the kernel waits for its predecessor (programmatic dependent launch), except the current
-//   position's row, which that predecessor writes and which is fetched after the wait; q goes
-//   straight from global memory into the A fragments (no shared memory, no barrier); the merge
-//   of the splits needs no second launch and requests all its inputs at once.
+//   position's row, which that predecessor writes: it is zero-filled then, fetched from L2 after
+//   the wait and written into its slot once the slot has landed. q goes straight from global
+//   memory into the A fragments; the merge of the splits needs no second launch and requests all
+//   its inputs at once.
+// - Rows live in the slots with their 16-byte chunks XOR-swizzled by the row (see slot_offset), so
+//   the fragment loads below read shared memory without bank conflicts.
 // - q.k and p.v run on tensor cores (mma.m16n8k16, fp16 in, fp32 accumulate). The 16 rows of the
 //   A operand hold the block's (up to 8) query heads twice: rows 0-7 carry the fp16 "hi" part of q
 //   (resp. of the softmax weights p), rows 8-15 the fp16 remainder "lo" = x - hi, and a lane holds
@@ -38,7 +41,8 @@
 //   at 2^8) is split so q * 2^e is still an exact fp16 in B and m goes into the fp32 weight before
 //   its hi/lo split; each mma n-tile lies within one 64-value scale block. Dequantization thus
 //   stays exact, like fp32 arithmetic on q * s.
-// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, N_WARPS, KV_Q8, Q8_BLOCK.
+// Defines: HEAD_DIM (32, 64, 128 or 256), N_HEADS, N_KV_HEADS, SPLITS, N_WARPS, DEPTH, SLOT_BYTES,
+// KV_Q8, Q8_BLOCK.
 
 #define GQA (N_HEADS / N_KV_HEADS)
 #define NEG_INF (-__int_as_float(0x7f800000))
@@ -73,6 +77,30 @@ constexpr int SWORDS = (NB + 1) / 2;                 // 32-bit words holding a r
 constexpr float PSCALE = KV_Q8 ? 128.0f : 16384.0f;  // p (times m < 2^8 for int8) stays < 2^15
 static_assert(!KV_Q8 || (KPIECES == NB && VPIECES == NB), "a piece must map to one scale block");
 
+// A warp's tile slot: K rows, V rows and, int8, the K and V scales of the tile's rows. A tile's
+// scales are copied in whole 16-byte chunks from the chunk holding its first row's (a head's
+// scales need not start 16-byte aligned), so they sit SCALE_SKEW bytes into their region.
+constexpr int RB = HEAD_DIM * KV_BYTES;  // bytes of a cache row
+constexpr int RCH = RB / 16;             // its 16-byte chunks (a power of two)
+constexpr int SLOT_V = TP * RB;
+#if KV_Q8
+constexpr int SB = NB * 2;                       // bytes of a row's scales
+constexpr int SCALE_CHUNKS = TP * SB / 16 + 1;   // chunks covering a tile's scales, however aligned
+constexpr int SLOT_KS = 2 * TP * RB, SLOT_VS = SLOT_KS + 16 * SCALE_CHUNKS;
+static_assert(SLOT_BYTES == SLOT_VS + 16 * SCALE_CHUNKS, "slot size");
+#else
+static_assert(SLOT_BYTES == 2 * TP * RB, "slot size");
+#endif
+static_assert(N_WARPS * DEPTH * SLOT_BYTES >= N_WARPS * 8 * HEAD_DIM * 4, "the warp merge reuses the ring");
+
+// Byte offset in a K or V region of byte `b` of row `r`: the row's 16-byte chunks are XORed with a
+// function of r & 7 so the fragment loads of a quarter warp (rows 2p and 2p + 1, or four rows of
+// one parity) hit distinct banks.
+__device__ __forceinline__ int slot_offset(int r, int b) {
+    const int g = ((r & 6) ^ ((r & 1) << 2)) & (RCH - 1);
+    return r * RB + ((((b >> 4) ^ g)) << 4) + (b & 15);
+}
+
 // Positions per split: the sequence over the SPLITS blocks of a KV head, in whole rounds of the
 // block's warps (one TP-position iteration each) and at least one round, so a short context runs
 // on few blocks (fewer partial results to merge) and a long one on all of them. Splits past the
@@ -83,50 +111,39 @@ __device__ __forceinline__ int chunk_len(int seq) {
     return max((c + ROUND - 1) / ROUND * ROUND, ROUND);
 }
 
-// NW 32-bit words from global memory. The default path streams through the non-coherent cache
-// without allocating in L1; CG (L2 only) is for data the previous kernel may have written while this
-// one was already running (the current position's row, see the kernel).
-template <int NW, bool CG = false>
-__device__ __forceinline__ void load_words(unsigned* w, const void* p) {
+// NW 32-bit words from shared memory.
+template <int NW>
+__device__ __forceinline__ void lds_words(unsigned* w, unsigned addr) {
     if constexpr (NW == 4) {
-        if constexpr (CG)
-            asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-                : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                : "l"(p));
-        else
-            asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                : "l"(p));
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+            : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+            : "r"(addr));
     } else if constexpr (NW == 2) {
-        if constexpr (CG)
-            asm volatile("ld.global.cg.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
-        else
-            asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+        asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "r"(addr));
     } else {
         static_assert(NW == 1, "load width");
-        if constexpr (CG)
-            asm volatile("ld.global.cg.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
-        else
-            asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w[0]) : "r"(addr));
     }
 }
 
 #if KV_Q8
 // The NB fp16 scales of a row.
-template <bool CG = false>
-__device__ __forceinline__ void load_scales(unsigned* w, const f16_t* p) {
+__device__ __forceinline__ void lds_scales(unsigned* w, unsigned addr) {
     if constexpr (NB == 1) {
         unsigned short h;
-        if constexpr (CG)
-            asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(h) : "l"(p));
-        else
-            asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(h) : "l"(p));
+        asm volatile("ld.shared.u16 %0, [%1];" : "=h"(h) : "r"(addr));
         w[0] = h;
     } else {
-        load_words<SWORDS, CG>(w, p);
+        lds_words<SWORDS>(w, addr);
     }
 }
 #endif
+
+// 16 bytes from global to shared memory, of which the first `bytes` (0-16) are read and the rest
+// zero-filled.
+__device__ __forceinline__ void cp_async_part(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
+}
 
 // Data written by other blocks of this launch or by the previous kernel: read from L2, never from
 // a stale L1 line.
@@ -197,14 +214,6 @@ __device__ __forceinline__ int v_dim(int nt, int n) {
     return (nt / VVAL) * 8 * VVAL + n * VVAL + nt % VVAL;
 }
 
-template <int M>
-struct LoadMode {
-    static constexpr int value = M;
-};
-#define LOAD_ALL 0  // every row of the tile
-#define LOAD_PRE 1  // every row but the current position's (before pdl_wait)
-#define LOAD_FIX 2  // only the current position's row, from L2 (after pdl_wait)
-
 extern "C" __global__ void __launch_bounds__(THREADS) attention(
     const float* __restrict__ q,        // [N_HEADS][HEAD_DIM]
     const kv_t* __restrict__ k_cache,  // [N_KV_HEADS][max_seq][HEAD_DIM]
@@ -218,7 +227,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     float* __restrict__ out,       // [N_HEADS][HEAD_DIM]
     int max_seq,
     float scale) {
-    __shared__ float so[N_WARPS][HG_HEADS][HEAD_DIM];  // per-warp unnormalized outputs
     __shared__ float sm[N_WARPS][HG_HEADS], sl[N_WARPS][HG_HEADS];
     __shared__ int s_last;
     const int kv = blockIdx.x / HGROUPS, h0 = kv * GQA + (blockIdx.x % HGROUPS) * HG_HEADS;
@@ -241,81 +249,80 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     }
 
     const long long head_row = (long long)kv * max_seq;
-    const kv_t* kh = k_cache + head_row * HEAD_DIM;
-    const kv_t* vh = v_cache + head_row * HEAD_DIM;
+    const unsigned char* kh = reinterpret_cast<const unsigned char*>(k_cache) + head_row * RB;
+    const unsigned char* vh = reinterpret_cast<const unsigned char*>(v_cache) + head_row * RB;
 #if KV_Q8
-    const f16_t* ksh = k_scale + head_row * NB;
-    const f16_t* vsh = v_scale + head_row * NB;
+    // The tiles' scales are copied from 16-byte boundaries of the whole scale arrays.
+    const long long scale0 = head_row * SB;  // byte offset of this head's first scale
+    const unsigned char* ks8 = reinterpret_cast<const unsigned char*>(k_scale);
+    const unsigned char* vs8 = reinterpret_cast<const unsigned char*>(v_scale);
 #endif
-    // Rows past the end are clamped to the last valid one (their scores are masked), so every
-    // load of a tile is issued unconditionally.
-    auto row = [&](int t) { return (long long)min(t, end - 1); };
     // Row slot r (0-3) of a lane in p.v and in the score fragment: positions 2 tig + {0, 1, 8, 9}.
     auto slot_pos = [&](int r) { return 2 * tig + (r & 1) + 8 * (r >> 1); };
-    // Whether a load mode fetches row t.
-    auto wanted = [&](long long t, auto mode) {
-        constexpr int m = decltype(mode)::value;
-        return m == LOAD_ALL || ((t == last) == (m == LOAD_FIX));
+
+    extern __shared__ __align__(128) unsigned char ring[];  // per warp: DEPTH slots
+    const unsigned ring0 = smem_u32(ring) + warp * DEPTH * SLOT_BYTES;
+
+    // Copies the tile of TP positions from `base` into the slot at `slot`; rows at or past `lim`
+    // are zero-filled (scores past the end are masked and a zero V row adds nothing).
+    auto fetch = [&](unsigned slot, int base, int lim) {
+#pragma unroll
+        for (int i = lane; i < TP * RCH; i += 32) {
+            const int r = i / RCH, b = (i % RCH) * 16;
+            const bool ok = base + r < lim;
+            const long long at = (long long)(ok ? base + r : base) * RB + b;
+            cp_async16(slot + slot_offset(r, b), kh + at, ok);
+            cp_async16(slot + SLOT_V + slot_offset(r, b), vh + at, ok);
+        }
+#if KV_Q8
+        if (lane < SCALE_CHUNKS) {
+            const long long from = (scale0 + (long long)base * SB) & ~15ll, at = from + 16 * lane;
+            const int bytes = (int)max(0ll, min(16ll, scale0 + (long long)lim * SB - at));
+            cp_async_part(slot + SLOT_KS + 16 * lane, ks8 + (bytes > 0 ? at : from), bytes);
+            cp_async_part(slot + SLOT_VS + 16 * lane, vs8 + (bytes > 0 ? at : from), bytes);
+        }
+#endif
     };
 
-    unsigned kw[NSUB][2][KWORDS];    // K rows gid and 8 + gid of each tile
-    unsigned vw[NSUB][4][VWORDS];    // V rows of the 4 slots
-#if KV_Q8
-    unsigned ksw[NSUB][4][SWORDS];   // K scales of the 4 score slots
-    unsigned vsw[NSUB][4][SWORDS];   // V scales of the 4 slots
-#endif
-    // Sub-tile u (16 positions from base + 16 u) of K, with its scales, and of V.
-    auto load_k_sub = [&](int base, int u, auto mode) {
-        constexpr bool cg = decltype(mode)::value == LOAD_FIX;
+    // The warp's tiles start at `first`, N_WARPS * TP apart. Its first DEPTH are requested before
+    // pdl_wait (one commit group each, empty past the last tile, so group j is tile j), so their
+    // memory latency overlaps the tail of the previous kernel.
+    const int first = start + warp * TP;
+    const int tiles = first < end ? (end - first + N_WARPS * TP - 1) / (N_WARPS * TP) : 0;
+    const int pre = min(end, last);  // rows before it are written by completed kernels
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const long long t = row(base + 16 * u + 8 * h + gid);
-            const kv_t* p = kh + t * HEAD_DIM + tig * KVAL;
-            if (wanted(t, mode)) {
-#pragma unroll
-                for (int i = 0; i < KPIECES; i++)
-                    load_words<KPIECE_WORDS, cg>(&kw[u][h][i * KPIECE_WORDS], p + i * 4 * KVAL);
-            }
-        }
-#if KV_Q8
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const long long t = row(base + 16 * u + slot_pos(r));
-            if (wanted(t, mode)) load_scales<cg>(ksw[u][r], ksh + t * NB);
-        }
-#endif
-    };
-    auto load_v_sub = [&](int base, int u, auto mode) {
-        constexpr bool cg = decltype(mode)::value == LOAD_FIX;
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const long long t = row(base + 16 * u + slot_pos(r));
-            const kv_t* p = vh + t * HEAD_DIM + gid * VVAL;
-            if (wanted(t, mode)) {
-#pragma unroll
-                for (int c = 0; c < VPIECES; c++)
-                    load_words<VPIECE_WORDS, cg>(&vw[u][r][c * VPIECE_WORDS], p + c * 8 * VVAL);
-#if KV_Q8
-                load_scales<cg>(vsw[u][r], vsh + t * NB);
-#endif
-            }
-        }
-    };
-    auto load_tile = [&](int base, auto mode) {
-#pragma unroll
-        for (int u = 0; u < NSUB; u++) load_k_sub(base, u, mode);
-#pragma unroll
-        for (int u = 0; u < NSUB; u++) load_v_sub(base, u, mode);
-    };
-
-    // The warp's first tile is requested before pdl_wait, so its memory latency overlaps the tail
-    // of the previous kernel; a lane holding the current position's row fetches it afterwards.
-    int base = start + warp * TP;
-    bool have = base < end;
-    if (have) load_tile(base, LoadMode<LOAD_PRE>{});
+    for (int j = 0; j < DEPTH; j++) {
+        if (j < tiles) fetch(ring0 + j * SLOT_BYTES, first + j * N_WARPS * TP, pre);
+        cp_async_commit();
+    }
     pdl_wait();
     pdl_trigger();
-    if (have && base + TP > last) load_tile(base, LoadMode<LOAD_FIX>{});
+
+    // The warp whose last tile holds the current position fetches that row from L2 now and writes
+    // it into the slot once the slot's copies have landed (they zero-filled it).
+    const int last_base = tiles > 0 ? first + (tiles - 1) * N_WARPS * TP : 0;
+    const bool fix = tiles > 0 && last < last_base + TP && last >= last_base;
+    uint4 fix_k = make_uint4(0, 0, 0, 0), fix_v = make_uint4(0, 0, 0, 0);
+#if KV_Q8
+    unsigned short fix_ks = 0, fix_vs = 0;
+#endif
+    if (fix) {
+        if (lane < RCH) {
+            const long long at = (long long)last * RB + 16 * lane;
+            asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+                : "=r"(fix_k.x), "=r"(fix_k.y), "=r"(fix_k.z), "=r"(fix_k.w) : "l"(kh + at));
+            asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+                : "=r"(fix_v.x), "=r"(fix_v.y), "=r"(fix_v.z), "=r"(fix_v.w) : "l"(vh + at));
+        }
+#if KV_Q8
+        if (lane < NB) {
+            const f16_t* p = k_scale + (head_row + last) * NB + lane;
+            asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(fix_ks) : "l"(p));
+            p = v_scale + (head_row + last) * NB + lane;
+            asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(fix_vs) : "l"(p));
+        }
+#endif
+    }
 
     // q of head gid straight into the A fragments: the lane quad of a head holds all its HEAD_DIM
     // entries. Times softmax scale and log2(e), then a per-head power of two bringing the largest
@@ -355,9 +362,32 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     for (int nt = 0; nt < NTILES; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
     float m_run = NEG_INF, l_run = 0.0f;  // running max (log2 units); this lane's share of the sum
 
-    while (have) {
-        const int next = base + N_WARPS * TP;
-        const bool more = next < end;
+    unsigned slot = ring0;
+    for (int j = 0; j < tiles; j++) {
+        const int base = first + j * N_WARPS * TP;
+        cp_async_wait<DEPTH - 1>();  // group j: this tile
+        __syncwarp();
+        if (fix && j == tiles - 1) {
+            const int r = last - base;
+            if (lane < RCH) {
+                const int o = slot_offset(r, 16 * lane);
+                asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};"
+                    :: "r"(slot + o), "r"(fix_k.x), "r"(fix_k.y), "r"(fix_k.z), "r"(fix_k.w) : "memory");
+                asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};"
+                    :: "r"(slot + SLOT_V + o), "r"(fix_v.x), "r"(fix_v.y), "r"(fix_v.z), "r"(fix_v.w) : "memory");
+            }
+#if KV_Q8
+            if (lane < NB) {
+                const unsigned o = (unsigned)((scale0 + (long long)base * SB) & 15) + r * SB + 2 * lane;
+                asm volatile("st.shared.u16 [%0], %1;" :: "r"(slot + SLOT_KS + o), "h"(fix_ks) : "memory");
+                asm volatile("st.shared.u16 [%0], %1;" :: "r"(slot + SLOT_VS + o), "h"(fix_vs) : "memory");
+            }
+#endif
+            __syncwarp();
+        }
+#if KV_Q8
+        const unsigned skew = (unsigned)((scale0 + (long long)base * SB) & 15);
+#endif
 
         // q.k: scores of head gid at positions 16 u + 8 h + 2 tig + {0, 1}.
         float sc[NSUB][2][2];
@@ -365,18 +395,29 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
         for (int u = 0; u < NSUB; u++) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
+                unsigned kw[KWORDS];  // K row 16 u + 8 h + gid, pieces as q_dim orders them
+#pragma unroll
+                for (int i = 0; i < KPIECES; i++)
+                    lds_words<KPIECE_WORDS>(&kw[i * KPIECE_WORDS],
+                        slot + slot_offset(16 * u + 8 * h + gid, (tig + 4 * i) * KVAL * KV_BYTES));
+#if KV_Q8
+                unsigned ksw[2][SWORDS];  // scales of its score positions 2 tig + {0, 1}
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    lds_scales(ksw[j], slot + SLOT_KS + skew + (16 * u + 8 * h + 2 * tig + j) * SB);
+#endif
                 float c[NB][4];
 #pragma unroll
                 for (int b = 0; b < NB; b++) c[b][0] = c[b][1] = c[b][2] = c[b][3] = 0.0f;
 #pragma unroll
                 for (int kk = 0; kk < KSTEPS; kk++) {
 #if KV_Q8
-                    const unsigned x = kw[u][h][kk] ^ 0x80808080u;
+                    const unsigned x = kw[kk] ^ 0x80808080u;
                     const unsigned b0 = hsub2(__byte_perm(x, 0x64646464u, 0x4140), Q8_MAGIC);
                     const unsigned b1 = hsub2(__byte_perm(x, 0x64646464u, 0x4342), Q8_MAGIC);
                     mma(c[kk / KSPP], qa[kk], b0, b1);
 #else
-                    mma(c[0], qa[kk], kw[u][h][2 * kk], kw[u][h][2 * kk + 1]);
+                    mma(c[0], qa[kk], kw[2 * kk], kw[2 * kk + 1]);
 #endif
                 }
 #pragma unroll
@@ -385,14 +426,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
                     float s = 0.0f;
 #pragma unroll
                     for (int b = 0; b < NB; b++)
-                        s += f16_to_f32(half_of(ksw[u][2 * h + j], b)) * (c[b][j] + c[b][2 + j]);
+                        s += f16_to_f32(half_of(ksw[j], b)) * (c[b][j] + c[b][2 + j]);
 #else
                     float s = c[0][j] + c[0][2 + j];
 #endif
                     sc[u][h][j] = base + 16 * u + 8 * h + 2 * tig + j < end ? s * q_unscale : NEG_INF;
                 }
             }
-            if (more) load_k_sub(next, u, LoadMode<LOAD_ALL>{});  // this sub-tile's K is consumed
         }
 
         // Online softmax over this iteration's positions (the quad of lanes shares a head).
@@ -428,7 +468,17 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
         // p.v: A = weights (k = positions 2 tig + {0, 1} and + 8, as the scores lie), B = V rows.
 #pragma unroll
         for (int u = 0; u < NSUB; u++) {
+            unsigned vw[4][VWORDS];  // V rows of the 4 slots
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int c = 0; c < VPIECES; c++)
+                    lds_words<VPIECE_WORDS>(&vw[r][c * VPIECE_WORDS],
+                        slot + SLOT_V + slot_offset(16 * u + slot_pos(r), (gid * VVAL + c * 8 * VVAL) * KV_BYTES));
 #if KV_Q8
+            unsigned vsw[4][SWORDS];
+#pragma unroll
+            for (int r = 0; r < 4; r++) lds_scales(vsw[r], slot + SLOT_VS + skew + (16 * u + slot_pos(r)) * SB);
             unsigned pa[NB][4], pw[2][NB];  // per scale block: weights times m; 2^e pairs for B
 #pragma unroll
             for (int b = 0; b < NB; b++) {
@@ -436,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
                 unsigned short e2[4];
 #pragma unroll
                 for (int r = 0; r < 4; r++) {
-                    const float s = f16_to_f32(half_of(vsw[u][r], b));
+                    const float s = f16_to_f32(half_of(vsw[r], b));
                     const unsigned e = min(__float_as_uint(s) & 0x7f800000u, (127u + 8u) << 23);
                     w[r] = p[u][r >> 1][r & 1] * (s * __uint_as_float((254u << 23) - e)) * PSCALE;
                     e2[r] = f32_to_f16(__uint_as_float(e));
@@ -450,8 +500,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             for (int nt = 0; nt < NTILES; nt++) {
                 const int wi = nt / 4, by = nt % 4, b = nt / VVAL;
                 const unsigned sel = by | by << 4 | (4 + by) << 8 | (4 + by) << 12;
-                unsigned x0 = (__byte_perm(vw[u][0][wi], vw[u][1][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
-                unsigned x1 = (__byte_perm(vw[u][2][wi], vw[u][3][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
+                unsigned x0 = (__byte_perm(vw[0][wi], vw[1][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
+                unsigned x1 = (__byte_perm(vw[2][wi], vw[3][wi], sel) & 0x00ff00ffu) ^ Q8_MAGIC;
                 x0 = hmul2(hsub2(x0, Q8_MAGIC), pw[0][b]);
                 x1 = hmul2(hsub2(x1, Q8_MAGIC), pw[1][b]);
                 mma(acc[nt], pa[b], x0, x1);
@@ -464,17 +514,21 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             for (int nt = 0; nt < NTILES; nt++) {
                 const int wi = nt / 2;
                 const unsigned sel = nt % 2 ? 0x7632 : 0x5410;
-                mma(acc[nt], pa, __byte_perm(vw[u][0][wi], vw[u][1][wi], sel),
-                    __byte_perm(vw[u][2][wi], vw[u][3][wi], sel));
+                mma(acc[nt], pa, __byte_perm(vw[0][wi], vw[1][wi], sel),
+                    __byte_perm(vw[2][wi], vw[3][wi], sel));
             }
 #endif
-            if (more) load_v_sub(next, u, LoadMode<LOAD_ALL>{});
         }
-        base = next;
-        have = more;
+        __syncwarp();  // every lane has read the slot: refill it with tile j + DEPTH
+        if (j + DEPTH < tiles) fetch(slot, base + DEPTH * N_WARPS * TP, pre);
+        cp_async_commit();
+        slot = slot + SLOT_BYTES == ring0 + DEPTH * SLOT_BYTES ? ring0 : slot + SLOT_BYTES;
     }
 
-    // Merge the warps: each leaves its output (relative to its own max) in shared memory.
+    // Merge the warps: each leaves its output (relative to its own max) in shared memory, in the
+    // ring once every warp is done with it.
+    __syncthreads();
+    auto so = reinterpret_cast<float(*)[HG_HEADS][HEAD_DIM]>(ring);
     l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
     l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
 #pragma unroll

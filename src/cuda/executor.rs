@@ -246,6 +246,19 @@ impl Executor {
         Ok(start.elapsed_ms(&end)? as f64 / 1e3 / iters.max(1) as f64)
     }
 
+    /// Seconds per call of `f` as a decode step runs its kernels: `calls` calls captured into one
+    /// CUDA graph (no host launch cost between them), replayed `reps` times after one warm-up.
+    pub fn time_graph<F: FnMut() -> Result<()>>(&self, calls: usize, reps: usize, mut f: F) -> Result<f64> {
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let captured = (0..calls).try_for_each(|_| f());
+        // End the capture on every path so the stream is usable again.
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        captured?;
+        let graph = graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))?;
+        let secs = self.time(reps, || Ok(graph.launch()?))?;
+        Ok(secs / calls.max(1) as f64)
+    }
+
     /// Device-to-device copy bandwidth in bytes/s, counting the bytes read and written.
     pub fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
         let src = self.zeros::<u8>(bytes, "bandwidth probe")?;

@@ -115,6 +115,8 @@ pub enum KernelType {
         splits: u32,
         /// Warps per block.
         warps: u32,
+        /// Tiles each warp keeps in flight (its ring of shared-memory slots).
+        depth: u32,
         kv: KvDtype,
     },
     /// The int8 KV cache back to fp32.
@@ -212,13 +214,15 @@ impl KernelType {
                 d.extend(kv_defines(kv, head_dim));
                 d
             }
-            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, warps, kv } => {
+            KernelType::Attention { head_dim, n_heads, n_kv_heads, splits, warps, depth, kv } => {
                 let mut d = vec![
                     ("HEAD_DIM", head_dim),
                     ("N_HEADS", n_heads),
                     ("N_KV_HEADS", n_kv_heads),
                     ("SPLITS", splits),
                     ("N_WARPS", warps),
+                    ("DEPTH", depth),
+                    ("SLOT_BYTES", attention_slot_bytes(head_dim, kv)),
                 ];
                 d.extend(kv_defines(kv, head_dim));
                 d
@@ -265,6 +269,21 @@ impl KernelType {
     }
 }
 
+/// Shared-memory bytes of one tile slot of decode attention (kernels/attention.cu checks its own
+/// layout against this): the K and V rows of a warp's tile (16 positions, 32 with int8) and, int8,
+/// the 16-byte chunks covering their scales however the tile is aligned.
+pub fn attention_slot_bytes(head_dim: u32, kv: KvDtype) -> u32 {
+    let positions = if kv == KvDtype::Q8 { 32 } else { 16 };
+    let rows = 2 * positions * head_dim * kv.value_bytes() as u32;
+    match kv {
+        KvDtype::Fp16 => rows,
+        KvDtype::Q8 => {
+            let scale_bytes = 2 * head_dim / KvDtype::q8_block(head_dim as usize) as u32;
+            rows + 2 * 16 * (positions * scale_bytes / 16 + 1)
+        }
+    }
+}
+
 fn kv_defines(kv: KvDtype, head_dim: u32) -> [(&'static str, u32); 2] {
     [("KV_Q8", (kv == KvDtype::Q8) as u32), ("Q8_BLOCK", KvDtype::q8_block(head_dim as usize) as u32)]
 }
@@ -276,7 +295,8 @@ impl fmt::Display for KernelType {
         write!(f, "{family}")?;
         for (name, value) in self.defines() {
             match name {
-                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" | "Q8_BLOCK" => {}
+                "WARPS" | "THREADS" | "MODE" | "NORM" | "KSPLIT" | "TPB" | "CH" | "Q8_BLOCK"
+                | "SLOT_BYTES" => {}
                 "KV_Q8" => write!(f, "-{}", if value == 1 { "q8" } else { "fp16" })?,
                 _ => write!(f, "-{}{value}", name.to_lowercase())?,
             }
@@ -317,9 +337,10 @@ mod tests {
             n_kv_heads: 8,
             splits: 32,
             warps: 4,
+            depth: 3,
             kv: KvDtype::Q8,
         };
-        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-n_warps4-q8");
+        assert_eq!(a.to_string(), "attention-head_dim128-n_heads32-n_kv_heads8-splits32-n_warps4-depth3-q8");
         assert!(a.source().contains("#define KV_Q8 1\n#define Q8_BLOCK 64\n"));
     }
 

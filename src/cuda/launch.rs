@@ -8,7 +8,7 @@ use cudarc::driver::sys::{self, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::cuda::executor::Executor;
-use crate::cuda::kernel::{Epilogue, GemvGeometry, KernelType, KvDtype, GEMV_WARPS};
+use crate::cuda::kernel::{attention_slot_bytes, Epilogue, GemvGeometry, KernelType, KvDtype, GEMV_WARPS};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvLayer;
 use crate::model::awq_linear::AwqLinear;
@@ -489,6 +489,20 @@ impl Attention {
         (1024 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
 
+    /// Shared memory a block may take so two fit on an SM of an H100 / H200 (227 KiB each).
+    const BLOCK_SHARED_BYTES: usize = 113 << 10;
+
+    /// Tiles in flight per warp: as many slots as two blocks per SM leave room for (3 at the
+    /// Qwen3-8B shape: every tile of a 4096-position context requested at once), at least 2.
+    fn depth(shape: HeadShape, kv: KvDtype) -> usize {
+        let slot = attention_slot_bytes(shape.head_dim as u32, kv) as usize;
+        (Self::BLOCK_SHARED_BYTES / (Self::WARPS * slot)).clamp(2, 4)
+    }
+
+    fn shared_bytes(shape: HeadShape, kv: KvDtype) -> usize {
+        Self::WARPS * Self::depth(shape, kv) * attention_slot_bytes(shape.head_dim as u32, kv) as usize
+    }
+
     pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
         KernelType::Attention {
             head_dim: shape.head_dim as u32,
@@ -496,6 +510,7 @@ impl Attention {
             n_kv_heads: shape.n_kv_heads as u32,
             splits: Self::splits(shape) as u32,
             warps: Self::WARPS as u32,
+            depth: Self::depth(shape, kv) as u32,
             kv,
         }
     }
@@ -504,10 +519,15 @@ impl Attention {
     pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
         let ty = Self::kernel_type(shape, kv);
         let splits = Self::splits(shape);
+        let f = ex.function(ty, "attention")?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            Self::shared_bytes(shape, kv) as i32,
+        )?;
         Ok(Self {
             ty,
             pdl: ex.pdl(),
-            f: ex.function(ty, "attention")?,
+            f,
             shape,
             kv,
             splits,
@@ -539,6 +559,8 @@ impl Attention {
         let max_seq = self.max_seq as i32;
         let scale = (sh.head_dim as f32).powf(-0.5);
         let blocks = (sh.n_kv_heads * Self::head_groups(sh)) as u32;
+        let mut c = cfg((blocks, self.splits as u32), 32 * Self::WARPS as u32);
+        c.shared_mem_bytes = Self::shared_bytes(sh, self.kv) as u32;
         // SAFETY: reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV head, and their
         // scales for int8 (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps
         // rows 16-byte aligned for its vector loads); writes and reads back the scratch entries of
@@ -561,7 +583,7 @@ impl Attention {
                 .buf_mut(s, out)
                 .int(max_seq)
                 .float(scale)
-                .launch(s, &self.f, cfg((blocks, self.splits as u32), 32 * Self::WARPS as u32), self.pdl)
+                .launch(s, &self.f, c, self.pdl)
         }
     }
 }
