@@ -193,8 +193,9 @@ __device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b) {
     return r;
 }
 
+// Not volatile: a pure function of its operands, so the compiler may interleave independent chains.
 __device__ __forceinline__ void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -389,49 +390,55 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
         const unsigned skew = (unsigned)((scale0 + (long long)base * SB) & 15);
 #endif
 
-        // q.k: scores of head gid at positions 16 u + 8 h + 2 tig + {0, 1}.
+        // q.k: scores of head gid at positions 16 u + 8 h + 2 tig + {0, 1}. All K fragments are read
+        // first and the k-steps run outermost, so the 2 NSUB accumulation chains interleave.
+        constexpr int NR = 2 * NSUB;  // K row groups: 8 rows each (u, h)
+        unsigned kw[NR][KWORDS];      // K row 16 u + 8 h + gid, pieces as q_dim orders them
+#pragma unroll
+        for (int g = 0; g < NR; g++)
+#pragma unroll
+            for (int i = 0; i < KPIECES; i++)
+                lds_words<KPIECE_WORDS>(&kw[g][i * KPIECE_WORDS],
+                    slot + slot_offset(8 * g + gid, (tig + 4 * i) * KVAL * KV_BYTES));
+#if KV_Q8
+        unsigned ksw[NR][2][SWORDS];  // scales of score positions 8 g + 2 tig + {0, 1}
+#pragma unroll
+        for (int g = 0; g < NR; g++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) lds_scales(ksw[g][j], slot + SLOT_KS + skew + (8 * g + 2 * tig + j) * SB);
+#endif
+        float c[NR][NB][4];
+#pragma unroll
+        for (int g = 0; g < NR; g++)
+#pragma unroll
+            for (int b = 0; b < NB; b++) c[g][b][0] = c[g][b][1] = c[g][b][2] = c[g][b][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+            for (int g = 0; g < NR; g++) {
+#if KV_Q8
+                const unsigned x = kw[g][kk] ^ 0x80808080u;
+                const unsigned b0 = hsub2(__byte_perm(x, 0x64646464u, 0x4140), Q8_MAGIC);
+                const unsigned b1 = hsub2(__byte_perm(x, 0x64646464u, 0x4342), Q8_MAGIC);
+                mma(c[g][kk / KSPP], qa[kk], b0, b1);
+#else
+                mma(c[g][0], qa[kk], kw[g][2 * kk], kw[g][2 * kk + 1]);
+#endif
+            }
+        }
         float sc[NSUB][2][2];
 #pragma unroll
-        for (int u = 0; u < NSUB; u++) {
+        for (int g = 0; g < NR; g++) {
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                unsigned kw[KWORDS];  // K row 16 u + 8 h + gid, pieces as q_dim orders them
-#pragma unroll
-                for (int i = 0; i < KPIECES; i++)
-                    lds_words<KPIECE_WORDS>(&kw[i * KPIECE_WORDS],
-                        slot + slot_offset(16 * u + 8 * h + gid, (tig + 4 * i) * KVAL * KV_BYTES));
+            for (int j = 0; j < 2; j++) {
 #if KV_Q8
-                unsigned ksw[2][SWORDS];  // scales of its score positions 2 tig + {0, 1}
+                float s = 0.0f;
 #pragma unroll
-                for (int j = 0; j < 2; j++)
-                    lds_scales(ksw[j], slot + SLOT_KS + skew + (16 * u + 8 * h + 2 * tig + j) * SB);
-#endif
-                float c[NB][4];
-#pragma unroll
-                for (int b = 0; b < NB; b++) c[b][0] = c[b][1] = c[b][2] = c[b][3] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < KSTEPS; kk++) {
-#if KV_Q8
-                    const unsigned x = kw[kk] ^ 0x80808080u;
-                    const unsigned b0 = hsub2(__byte_perm(x, 0x64646464u, 0x4140), Q8_MAGIC);
-                    const unsigned b1 = hsub2(__byte_perm(x, 0x64646464u, 0x4342), Q8_MAGIC);
-                    mma(c[kk / KSPP], qa[kk], b0, b1);
+                for (int b = 0; b < NB; b++) s += f16_to_f32(half_of(ksw[g][j], b)) * (c[g][b][j] + c[g][b][2 + j]);
 #else
-                    mma(c[0], qa[kk], kw[2 * kk], kw[2 * kk + 1]);
+                float s = c[g][0][j] + c[g][0][2 + j];
 #endif
-                }
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-#if KV_Q8
-                    float s = 0.0f;
-#pragma unroll
-                    for (int b = 0; b < NB; b++)
-                        s += f16_to_f32(half_of(ksw[j], b)) * (c[b][j] + c[b][2 + j]);
-#else
-                    float s = c[0][j] + c[0][2 + j];
-#endif
-                    sc[u][h][j] = base + 16 * u + 8 * h + 2 * tig + j < end ? s * q_unscale : NEG_INF;
-                }
+                sc[g / 2][g % 2][j] = base + 8 * g + 2 * tig + j < end ? s * q_unscale : NEG_INF;
             }
         }
 

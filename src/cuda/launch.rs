@@ -475,28 +475,28 @@ impl Attention {
         (shape.n_heads / shape.n_kv_heads.max(1)).div_ceil(Self::HEADS_PER_BLOCK).max(1)
     }
 
-    /// Warps per block. 8 (every position of a block requested at once at 4096 positions, 16
-    /// splits) measured 2-10% faster at 4096 and 32768 positions but 10-15% slower at 512 on an
-    /// H100, where decode spends most of its steps.
+    /// Warps per block.
     pub const WARPS: usize = 4;
 
-    /// Splits per KV head: about 1024 warps in all (256 blocks of 4: two per SM on an H100 or
-    /// H200, the kernel's register budget), all resident at once so a long context streams
-    /// without a tail wave; each split then covers 1/32 of the sequence at the Qwen3-8B shape.
-    /// Short contexts use only as many splits as they have rounds of one tile per warp (64
-    /// positions with the fp16 cache, 128 with int8); the others exit at once.
+    /// Splits per KV head: 512 warps in all (128 blocks of 4 at the Qwen3-8B shape, one wave on
+    /// an H100 or H200, each split 1/16 of the sequence). Fewer, longer splits shorten the merge
+    /// of the partial results, which every launch waits for; 32 splits (two blocks per SM)
+    /// measured 3-10% slower at 512-4096 positions on an H100. Short contexts use only as many
+    /// splits as they have rounds of one tile per warp (64 positions with the fp16 cache, 128
+    /// with int8); the others exit at once.
     fn splits(shape: HeadShape) -> usize {
-        (1024 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
+        (512 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
 
-    /// Shared memory a block may take so two fit on an SM of an H100 / H200 (227 KiB each).
-    const BLOCK_SHARED_BYTES: usize = 113 << 10;
+    /// Shared memory for the warps' tile rings: within the 99 KiB a block may take on every GPU
+    /// from sm_80 on.
+    const RING_BYTES: usize = 96 << 10;
 
-    /// Tiles in flight per warp: as many slots as two blocks per SM leave room for (3 at the
-    /// Qwen3-8B shape: every tile of a 4096-position context requested at once), at least 2.
+    /// Tiles in flight per warp: as many slots as RING_BYTES holds, up to 4 (3 with the fp16
+    /// cache at the Qwen3-8B shape, 2 with int8: a 4096-position context is requested whole).
     fn depth(shape: HeadShape, kv: KvDtype) -> usize {
         let slot = attention_slot_bytes(shape.head_dim as u32, kv) as usize;
-        (Self::BLOCK_SHARED_BYTES / (Self::WARPS * slot)).clamp(2, 4)
+        (Self::RING_BYTES / (Self::WARPS * slot)).clamp(1, 4)
     }
 
     fn shared_bytes(shape: HeadShape, kv: KvDtype) -> usize {
