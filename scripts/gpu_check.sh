@@ -28,7 +28,9 @@ status=0
 if has tests; then
     python3 -m pytest -q -rs ${TESTS:-tests} "$@" 2>&1 | tee "$OUT/pytest.log"
     status=${PIPESTATUS[0]}
-    if [[ "${TESTS:-tests/test_prefill_gpu.py}" == *prefill* ]] \
+    # Whether the test selection covers a file (the default and "tests" cover every file).
+    selected() { [[ -z "${TESTS:-}" || "$TESTS" == tests || "$TESTS" == tests/ || "$TESTS" == *"$1"* ]]; }
+    if selected tests/test_prefill_gpu.py \
         && [[ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)" == 9.0 ]]; then
         # The portable mma.sync prompt kernels, which other GPUs run, on this Hopper GPU too.
         QWEN3_RS_ARCH=sm_90 python3 -m pytest -q -rs tests/test_prefill_gpu.py -m "not slow" 2>&1 \
