@@ -571,12 +571,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     // The last block of this KV head (and head group) to finish merges the splits, so no second
     // kernel is needed: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
     const int splits = (seq + chunk - 1) / chunk;  // the splits holding positions
-    __threadfence();  // this block's partial result is visible before it is counted
+    fence_gpu();  // this block's partial result is visible before it is counted
     __syncthreads();
     if (tid == 0) s_last = atomicAdd(&done[blockIdx.x], 1u) == (unsigned)splits - 1;
     __syncthreads();
     if (!s_last) return;
-    __threadfence();
+    fence_gpu();  // and the other splits' results to this block
     if (tid == 0) done[blockIdx.x] = 0;  // for the next launch (kernels after this one wait for it)
 
     // A thread per 4 output values; it reads the max and sum of every split of its head itself

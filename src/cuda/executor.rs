@@ -49,6 +49,7 @@ pub struct Executor {
     arch: String,
     pdl: bool,
     sm_count: usize,
+    max_shared_per_block: usize,
     cache_dir: Option<PathBuf>,
     modules: RwLock<HashMap<KernelType, Arc<CudaModule>>>,
 }
@@ -75,6 +76,8 @@ impl Executor {
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let max_shared =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
         Ok(Executor {
             ctx,
             stream,
@@ -85,12 +88,18 @@ impl Executor {
                 .unwrap_or_else(|| arch_name(major, minor)),
             pdl: major >= 9 && std::env::var_os("QWEN3_RS_NO_PDL").is_none(),
             sm_count: sm_count.max(1) as usize,
+            max_shared_per_block: max_shared.max(0) as usize,
             cache_dir: compile::default_cache_dir(),
             modules: RwLock::new(HashMap::new()),
         })
     }
 
     /// Streaming multiprocessors on the device (for sizing grids).
+    /// Bytes of shared memory a block may use on this device (opting in past the 48 KiB default).
+    pub fn max_shared_per_block(&self) -> usize {
+        self.max_shared_per_block
+    }
+
     pub fn sm_count(&self) -> usize {
         self.sm_count
     }

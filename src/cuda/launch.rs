@@ -460,6 +460,7 @@ pub struct Attention {
     shape: HeadShape,
     kv: KvDtype,
     splits: usize,
+    shared_bytes: usize,
     max_seq: usize,
     part_o: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
@@ -476,53 +477,58 @@ impl Attention {
     }
 
     /// Warps per block.
-    pub const WARPS: usize = 4;
+    pub const WARPS: usize = 8;
 
-    /// Splits per KV head: 512 warps in all (128 blocks of 4 at the Qwen3-8B shape, one wave on
-    /// an H100 or H200, each split 1/16 of the sequence). Fewer, longer splits shorten the merge
-    /// of the partial results, which every launch waits for; 32 splits (two blocks per SM)
-    /// measured 3-10% slower at 512-4096 positions on an H100. Short contexts use only as many
-    /// splits as they have rounds of one tile per warp (64 positions with the fp16 cache, 128
-    /// with int8); the others exit at once.
+    /// Splits per KV head: 1024 warps in all (128 blocks of 8 at the Qwen3-8B shape, one per SM
+    /// of an H100 or H200, each split 1/16 of the sequence), the most the kernel's registers let
+    /// an SM run, so a long context streams at full occupancy in one wave. Short contexts use only
+    /// as many splits as they have rounds of one tile per warp (128 positions with the fp16 cache,
+    /// 256 with int8); the others exit at once.
     fn splits(shape: HeadShape) -> usize {
-        (512 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
+        (1024 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
 
-    /// Shared memory for the warps' tile rings: within the 99 KiB a block may take on every GPU
-    /// from sm_80 on.
-    const RING_BYTES: usize = 96 << 10;
+    /// Shared memory for the warps' tile rings: two tiles per warp at the Qwen3-8B shape (a
+    /// 4096-position context is requested whole). On GPUs that give a block less (99 KiB on
+    /// sm_86 / sm_89) the ring is what they allow.
+    const RING_BYTES: usize = 136 << 10;
 
-    /// Tiles in flight per warp: as many slots as RING_BYTES holds, up to 4 (3 with the fp16
-    /// cache at the Qwen3-8B shape, 2 with int8: a 4096-position context is requested whole).
-    fn depth(shape: HeadShape, kv: KvDtype) -> usize {
+    /// Tiles in flight per warp: as many slots as `ring` bytes hold, 1 to 4.
+    fn depth(shape: HeadShape, kv: KvDtype, ring: usize) -> usize {
         let slot = attention_slot_bytes(shape.head_dim as u32, kv) as usize;
-        (Self::RING_BYTES / (Self::WARPS * slot)).clamp(1, 4)
+        (ring / (Self::WARPS * slot)).clamp(1, 4)
     }
 
-    fn shared_bytes(shape: HeadShape, kv: KvDtype) -> usize {
-        Self::WARPS * Self::depth(shape, kv) * attention_slot_bytes(shape.head_dim as u32, kv) as usize
-    }
-
+    /// The kernel for a GPU that gives a block at least RING_BYTES of shared memory.
     pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
+        Self::kernel_type_within(shape, kv, Self::RING_BYTES)
+    }
+
+    fn kernel_type_within(shape: HeadShape, kv: KvDtype, ring: usize) -> KernelType {
         KernelType::Attention {
             head_dim: shape.head_dim as u32,
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
             splits: Self::splits(shape) as u32,
             warps: Self::WARPS as u32,
-            depth: Self::depth(shape, kv) as u32,
+            depth: Self::depth(shape, kv, ring) as u32,
             kv,
         }
     }
 
     /// For caches of `max_seq` positions per KV head.
     pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
-        let ty = Self::kernel_type(shape, kv);
+        // The kernel's static shared memory (the warps' softmax states) takes under 1 KiB.
+        let ring = Self::RING_BYTES.min(ex.max_shared_per_block().saturating_sub(1024));
+        let ty = Self::kernel_type_within(shape, kv, ring);
         let splits = Self::splits(shape);
+        let shared_bytes = Self::WARPS
+            * Self::depth(shape, kv, ring)
+            * attention_slot_bytes(shape.head_dim as u32, kv) as usize;
         let f = ex.function(ty, "attention")?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            Self::shared_bytes(shape, kv) as i32,
+            shared_bytes as i32,
         )?;
         Ok(Self {
             ty,
@@ -531,6 +537,7 @@ impl Attention {
             shape,
             kv,
             splits,
+            shared_bytes,
             max_seq,
             part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
             part_ml: ex.zeros(shape.n_heads * splits * 2, "attention scratch")?,
@@ -560,7 +567,7 @@ impl Attention {
         let scale = (sh.head_dim as f32).powf(-0.5);
         let blocks = (sh.n_kv_heads * Self::head_groups(sh)) as u32;
         let mut c = cfg((blocks, self.splits as u32), 32 * Self::WARPS as u32);
-        c.shared_mem_bytes = Self::shared_bytes(sh, self.kv) as u32;
+        c.shared_mem_bytes = self.shared_bytes as u32;
         // SAFETY: reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV head, and their
         // scales for int8 (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps
         // rows 16-byte aligned for its vector loads); writes and reads back the scratch entries of
