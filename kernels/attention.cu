@@ -4,7 +4,8 @@
 // the last block of a KV head to finish (a counter per KV head, reset by that block) merges the
 // splits into the output. The grid is fixed (SPLITS per KV head) and the length comes from device
 // memory, so one launch configuration serves every step and no sequence length triggers a compile;
-// a short context uses only the splits it needs (see chunk_len), the others exit at once.
+// a short context uses only the splits it needs (see chunk_len; one split writes the output
+// itself), the others exit at once.
 //
 // Why it is shaped like this: decode attention is a stream over the cache with ~2 flops per byte,
 // so the kernel must keep many bytes in flight and spend few instructions per byte.
@@ -103,10 +104,12 @@ __device__ __forceinline__ int slot_offset(int r, int b) {
 
 // Positions per split: the sequence over the SPLITS blocks of a KV head, in whole rounds of the
 // block's warps (one TP-position iteration each) and at least one round, so a short context runs
-// on few blocks (fewer partial results to merge) and a long one on all of them. Splits past the
-// end have no positions and exit at once.
+// on few blocks (fewer partial results to merge) and a long one on all of them. A context that
+// one block requests whole before the dependency wait (DEPTH rounds) is one split, which needs no
+// merge. Splits past the end have no positions and exit at once.
 __device__ __forceinline__ int chunk_len(int seq) {
     constexpr int ROUND = N_WARPS * TP;
+    if (seq <= DEPTH * ROUND) return DEPTH * ROUND;
     const int c = (seq + SPLITS - 1) / SPLITS;
     return max((c + ROUND - 1) / ROUND * ROUND, ROUND);
 }
@@ -560,6 +563,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             o += so[w][g][d] * f;
             l += sl[w][g] * f;
         }
+        if (chunk >= seq) {  // the only split: nothing to merge
+            out[(long long)(h0 + g) * HEAD_DIM + d] = o / l;
+            continue;
+        }
         const long long at = (long long)(h0 + g) * SPLITS + split;
         part_o[at * HEAD_DIM + d] = o;
         if (d == 0) {
@@ -567,6 +574,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             part_ml[2 * at + 1] = l;
         }
     }
+    if (chunk >= seq) return;
 
     // The last block of this KV head (and head group) to finish merges the splits, so no second
     // kernel is needed: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
