@@ -367,11 +367,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     float m_run = NEG_INF, l_run = 0.0f;  // running max (log2 units); this lane's share of the sum
 
     unsigned slot = ring0;
-    for (int j = 0; j < tiles; j++) {
-        const int base = first + j * N_WARPS * TP;
-        cp_async_wait<DEPTH - 1>();  // group j: this tile
+    for (int it = 0; it < tiles; it++) {
+        const int base = first + it * N_WARPS * TP;
+        cp_async_wait<DEPTH - 1>();  // group `it`: this tile
         __syncwarp();
-        if (fix && j == tiles - 1) {
+#if KV_Q8
+        const unsigned skew = (unsigned)((scale0 + (long long)base * SB) & 15);  // of the scales
+#endif
+        if (fix && it == tiles - 1) {
             const int r = last - base;
             if (lane < RCH) {
                 const int o = slot_offset(r, 16 * lane);
@@ -382,16 +385,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             }
 #if KV_Q8
             if (lane < NB) {
-                const unsigned o = (unsigned)((scale0 + (long long)base * SB) & 15) + r * SB + 2 * lane;
+                const unsigned o = skew + r * SB + 2 * lane;
                 asm volatile("st.shared.u16 [%0], %1;" :: "r"(slot + SLOT_KS + o), "h"(fix_ks) : "memory");
                 asm volatile("st.shared.u16 [%0], %1;" :: "r"(slot + SLOT_VS + o), "h"(fix_vs) : "memory");
             }
 #endif
             __syncwarp();
         }
-#if KV_Q8
-        const unsigned skew = (unsigned)((scale0 + (long long)base * SB) & 15);
-#endif
 
         // q.k: scores of head gid at positions 16 u + 8 h + 2 tig + {0, 1}. All K fragments are read
         // first and the k-steps run outermost, so the 2 NSUB accumulation chains interleave.
@@ -529,8 +529,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             }
 #endif
         }
-        __syncwarp();  // every lane has read the slot: refill it with tile j + DEPTH
-        if (j + DEPTH < tiles) fetch(slot, base + DEPTH * N_WARPS * TP, pre);
+        __syncwarp();  // every lane has read the slot: refill it with tile it + DEPTH
+        if (it + DEPTH < tiles) fetch(slot, base + DEPTH * N_WARPS * TP, pre);
         cp_async_commit();
         slot = slot + SLOT_BYTES == ring0 + DEPTH * SLOT_BYTES ? ring0 : slot + SLOT_BYTES;
     }

@@ -94,12 +94,12 @@ impl Executor {
         })
     }
 
-    /// Streaming multiprocessors on the device (for sizing grids).
     /// Bytes of shared memory a block may use on this device (opting in past the 48 KiB default).
     pub fn max_shared_per_block(&self) -> usize {
         self.max_shared_per_block
     }
 
+    /// Streaming multiprocessors on the device (for sizing grids).
     pub fn sm_count(&self) -> usize {
         self.sm_count
     }

@@ -480,10 +480,10 @@ impl Attention {
     pub const WARPS: usize = 8;
 
     /// Splits per KV head: 1024 warps in all (128 blocks of 8 at the Qwen3-8B shape, one per SM
-    /// of an H100 or H200, each split 1/16 of the sequence), the most the kernel's registers let
-    /// an SM run, so a long context streams at full occupancy in one wave. Short contexts use only
-    /// as many splits as they have rounds of one tile per warp (128 positions with the fp16 cache,
-    /// 256 with int8); the others exit at once.
+    /// of an H100 or H200 as each ring takes 128-133 KiB, each split 1/16 of the sequence), so a
+    /// long context streams in one wave. Short contexts use only as many splits as they have
+    /// rounds of one tile per warp (128 positions with the fp16 cache, 256 with int8), and one
+    /// split up to DEPTH rounds (no merge); the others exit at once.
     fn splits(shape: HeadShape) -> usize {
         (1024 / Self::WARPS / (shape.n_kv_heads.max(1) * Self::head_groups(shape))).clamp(4, 256)
     }
@@ -570,7 +570,9 @@ impl Attention {
         c.shared_mem_bytes = self.shared_bytes as u32;
         // SAFETY: reads q and cache rows [0, min(step[1]+1, max_seq)) of each KV head, and their
         // scales for int8 (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps
-        // rows 16-byte aligned for its vector loads); writes and reads back the scratch entries of
+        // rows 16-byte aligned for its 16-byte copies; a tile's scales are copied from the 16-byte
+        // boundary at or below its first row's, inside the scale array, and only bytes of rows
+        // the split covers are read); shared memory as set above; writes and reads back the scratch entries of
         // the splits holding positions (sized for N_HEADS x SPLITS) and one counter per block of
         // the grid's x dimension (`done` has that many), and writes out[0..N_HEADS*HEAD_DIM).
         // Before its dependency wait it reads only step and the rows of earlier positions, which
