@@ -12,8 +12,9 @@
 // - Each warp streams its own tiles of positions (tiles interleaved over the block's warps) with
 //   cp.async into a private ring of DEPTH tile slots in shared memory, with no block-wide barrier in
 //   the loop: a slot is refilled as soon as the warp has read it, so DEPTH tiles per warp are always
-//   in flight. A short context (4096 positions: two tiles per warp) is thus requested whole at the
-//   start, and the warps of a block merge their online-softmax states once, at the end.
+//   in flight. A short context (4096 positions at the Qwen3-8B shape: two fp16 tiles per warp) is
+//   thus requested whole at the start, and the warps of a block merge their online-softmax states
+//   once, at the end.
 // - The fixed cost is kept off the critical path: the warp's first DEPTH tiles are requested before
 //   the kernel waits for its predecessor (programmatic dependent launch), except the current
 //   position's row, which that predecessor writes: it is zero-filled then, fetched from L2 after
@@ -33,9 +34,9 @@
 //   softmax uses exp2. p <= 1 enters scaled by 2^14 (int8: 2^7 times m, below) so tiny weights stay
 //   normal in fp16.
 // - The reduction dimension of an mma may be permuted freely if A and B agree, and so may the
-//   output columns: each lane loads 16 contiguous bytes of a K row (fully used 32-byte sectors
-//   across the quad) and q is laid out in the matching order; for p.v the B operand needs pairs of
-//   positions, which one byte permute per register builds from two V rows.
+//   output columns: each lane reads 16 contiguous bytes of a K row (one shared-memory vector load)
+//   and q is laid out in the matching order; for p.v the B operand needs pairs of positions, which
+//   one byte permute per register builds from two V rows.
 // - int8 cache: values enter as exact fp16 integers through the magic 1024 + 128 + q (a byte
 //   permute, a logic op and an fp16 subtract per pair, no integer-to-float conversion). K scales
 //   multiply the per-block partial scores in fp32. A V scale s = m * 2^e (m in [1, 2), 2^e capped
