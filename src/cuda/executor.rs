@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -255,15 +255,20 @@ impl Executor {
         Ok(start.elapsed_ms(&end)? as f64 / 1e3 / iters.max(1) as f64)
     }
 
-    /// Seconds per call of `f` as a decode step runs its kernels: `calls` calls captured into one
-    /// CUDA graph (no host launch cost between them), replayed `reps` times after one warm-up.
-    pub fn time_graph<F: FnMut() -> Result<()>>(&self, calls: usize, reps: usize, mut f: F) -> Result<f64> {
+    /// The work `f` enqueues on this executor's stream, captured as a CUDA graph instead of run.
+    pub fn capture<F: FnOnce() -> Result<()>>(&self, f: F) -> Result<CudaGraph> {
         self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let captured = (0..calls).try_for_each(|_| f());
+        let captured = f();
         // End the capture on every path so the stream is usable again.
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         captured?;
-        let graph = graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))?;
+        graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))
+    }
+
+    /// Seconds per call of `f` as a decode step runs its kernels: `calls` calls captured into one
+    /// CUDA graph (no host launch cost between them), replayed `reps` times after one warm-up.
+    pub fn time_graph<F: FnMut() -> Result<()>>(&self, calls: usize, reps: usize, mut f: F) -> Result<f64> {
+        let graph = self.capture(|| (0..calls).try_for_each(|_| f()))?;
         let secs = self.time(reps, || Ok(graph.launch()?))?;
         Ok(secs / calls.max(1) as f64)
     }

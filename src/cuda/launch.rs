@@ -450,9 +450,10 @@ impl QkNormRope {
     }
 }
 
-/// Split-sequence decode attention and its scratch buffers: the splits' partial results and, per
-/// KV head and head group, the count of splits done (the last one merges them; it resets the
-/// count, so the buffers serve every launch and every layer in stream order).
+/// Split-sequence decode attention and its scratch buffers: the splits' partial results (tagged
+/// 64-bit words) and, per KV head and head group, the count of splits done and the tag of the
+/// last merge (the last split to finish merges the others; it resets the count and records the
+/// tag, so the buffers serve every launch and every layer in stream order).
 pub struct Attention {
     ty: KernelType,
     pdl: bool,
@@ -462,8 +463,8 @@ pub struct Attention {
     splits: usize,
     shared_bytes: usize,
     max_seq: usize,
-    part_o: CudaSlice<f32>,
-    part_ml: CudaSlice<f32>,
+    part_o: CudaSlice<u64>,
+    part_ml: CudaSlice<u64>,
     done: CudaSlice<u32>,
 }
 
@@ -501,17 +502,17 @@ impl Attention {
 
     /// The kernel for a GPU that gives a block at least RING_BYTES of shared memory.
     pub fn kernel_type(shape: HeadShape, kv: KvDtype) -> KernelType {
-        Self::kernel_type_within(shape, kv, Self::RING_BYTES)
+        Self::kernel_type_with(shape, kv, Self::depth(shape, kv, Self::RING_BYTES))
     }
 
-    fn kernel_type_within(shape: HeadShape, kv: KvDtype, ring: usize) -> KernelType {
+    fn kernel_type_with(shape: HeadShape, kv: KvDtype, depth: usize) -> KernelType {
         KernelType::Attention {
             head_dim: shape.head_dim as u32,
             n_heads: shape.n_heads as u32,
             n_kv_heads: shape.n_kv_heads as u32,
             splits: Self::splits(shape) as u32,
             warps: Self::WARPS as u32,
-            depth: Self::depth(shape, kv, ring) as u32,
+            depth: depth as u32,
             kv,
         }
     }
@@ -520,11 +521,10 @@ impl Attention {
     pub fn new(ex: &Executor, shape: HeadShape, max_seq: usize, kv: KvDtype) -> Result<Self> {
         // The kernel's static shared memory (the warps' softmax states) takes under 1 KiB.
         let ring = Self::RING_BYTES.min(ex.max_shared_per_block().saturating_sub(1024));
-        let ty = Self::kernel_type_within(shape, kv, ring);
+        let depth = Self::depth(shape, kv, ring);
+        let ty = Self::kernel_type_with(shape, kv, depth);
         let splits = Self::splits(shape);
-        let shared_bytes = Self::WARPS
-            * Self::depth(shape, kv, ring)
-            * attention_slot_bytes(shape.head_dim as u32, kv) as usize;
+        let shared_bytes = Self::WARPS * depth * attention_slot_bytes(shape.head_dim as u32, kv) as usize;
         let f = ex.function(ty, "attention")?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -541,7 +541,7 @@ impl Attention {
             max_seq,
             part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
             part_ml: ex.zeros(shape.n_heads * splits * 2, "attention scratch")?,
-            done: ex.zeros(shape.n_kv_heads * Self::head_groups(shape), "attention scratch")?,
+            done: ex.zeros(2 * shape.n_kv_heads * Self::head_groups(shape), "attention scratch")?,
         })
     }
 
@@ -572,9 +572,10 @@ impl Attention {
         // scales for int8 (the caches hold max_seq rows, checked above; HEAD_DIM % 32 == 0 keeps
         // rows 16-byte aligned for its 16-byte copies; a tile's scales are copied from the 16-byte
         // boundary at or below its first row's, inside the scale array, and only bytes of rows
-        // the split covers are read); shared memory as set above; writes and reads back the scratch entries of
-        // the splits holding positions (sized for N_HEADS x SPLITS) and one counter per block of
-        // the grid's x dimension (`done` has that many), and writes out[0..N_HEADS*HEAD_DIM).
+        // the split covers are read); shared memory as set above; writes and reads back the
+        // scratch entries of the splits holding positions (sized for N_HEADS x SPLITS) and a
+        // counter and a tag per block of the grid's x dimension (`done` has twice that many), and
+        // writes out[0..N_HEADS*HEAD_DIM).
         // Before its dependency wait it reads only step and the rows of earlier positions, which
         // no kernel of the decode step writes (qk_norm_rope, the kernel before it, writes q and the
         // current position's row).

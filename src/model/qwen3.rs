@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
 
 use crate::config::Qwen3Config;
@@ -696,15 +695,8 @@ impl Segment {
     fn replay(&mut self, c: &Qwen3Config, sampler: Sampler) -> Result<()> {
         let slot = if self.head.is_some() { sampler as usize } else { 0 };
         if self.graphs[slot].is_none() {
-            let s = self.ex.stream().clone();
-            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-            let captured = self.forward(c, true, Some(sampler));
-            // End the capture on every path so the stream is usable again.
-            let graph = s.end_capture(CUgraphInstantiate_flags(0));
-            captured?;
-            self.graphs[slot] = Some(Graph(
-                graph?.ok_or_else(|| Error::Internal("stream capture produced no graph".into()))?,
-            ));
+            let ex = self.ex.clone();
+            self.graphs[slot] = Some(Graph(ex.capture(|| self.forward(c, true, Some(sampler)))?));
         }
         match &self.graphs[slot] {
             Some(g) => Ok(g.0.launch()?),
