@@ -19,8 +19,8 @@
 //   the kernel waits for its predecessor (programmatic dependent launch), except the current
 //   position's row, which that predecessor writes: it is zero-filled then, fetched from L2 after
 //   the wait and written into its slot once the slot has landed. q goes straight from global
-//   memory into the A fragments; the merge of the splits needs no second launch, no memory fence
-//   (partial results carry the launch's tag, see st_tagged) and requests all its inputs at once.
+//   memory into the A fragments; the merge of the splits needs no second launch and requests all
+//   its inputs at once.
 // - Rows live in the slots with their 16-byte chunks XOR-swizzled by the row (see slot_offset), so
 //   the fragment loads below read shared memory without bank conflicts.
 // - q.k and p.v run on tensor cores (mma.m16n8k16, fp16 in, fp32 accumulate). The 16 rows of the
@@ -149,32 +149,17 @@ __device__ __forceinline__ void cp_async_part(unsigned dst, const void* src, int
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
 }
 
-// Written by the previous kernel: read from L2, never from a stale L1 line.
-__device__ __forceinline__ float4 ld_cg4(const float* p) {
-    float4 v;
-    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+// Data written by other blocks of this launch or by the previous kernel: read from L2, never from
+// a stale L1 line.
+__device__ __forceinline__ float2 ld_cg2(const float* p) {
+    float2 v;
+    asm volatile("ld.global.cg.v2.f32 {%0,%1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
     return v;
 }
 
-// A partial result of a split travels as 64-bit words: the value's bits with, above them, the
-// launch's tag. A 64-bit access is single-copy atomic, so a reader that sees the tag sees the
-// value: writers need no fence before they are counted, and the merging block re-reads what has
-// not landed yet. Tags count the merging launches of each block row (done[gridDim.x + x]).
-__device__ __forceinline__ unsigned long long tagged(float v, unsigned tag) {
-    return (unsigned long long)tag << 32 | __float_as_uint(v);
-}
-
-__device__ __forceinline__ void st_tagged(unsigned long long* p, unsigned long long v) {
-    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-
-__device__ __forceinline__ void st_tagged2(unsigned long long* p, unsigned long long a, unsigned long long b) {
-    asm volatile("st.relaxed.gpu.global.v2.u64 [%0], {%1,%2};" ::"l"(p), "l"(a), "l"(b) : "memory");
-}
-
-__device__ __forceinline__ ulonglong2 ld_tagged2(const unsigned long long* p) {
-    ulonglong2 v;
-    asm volatile("ld.relaxed.gpu.global.v2.u64 {%0,%1}, [%2];" : "=l"(v.x), "=l"(v.y) : "l"(p) : "memory");
+__device__ __forceinline__ float4 ld_cg4(const float* p) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
     return v;
 }
 
@@ -241,9 +226,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     const f16_t* __restrict__ k_scale,  // [N_KV_HEADS][max_seq][HEAD_DIM / Q8_BLOCK] (int8 cache)
     const f16_t* __restrict__ v_scale,
     const int* __restrict__ step,
-    unsigned long long* __restrict__ part_o,   // [N_HEADS][SPLITS][HEAD_DIM], tagged (see st_tagged)
-    unsigned long long* __restrict__ part_ml,  // [N_HEADS][SPLITS][2]: max (log2 units) and sum, tagged
-    unsigned* __restrict__ done,  // [2][gridDim.x]: splits finished (0 between launches); last tag
+    float* __restrict__ part_o,    // [N_HEADS][SPLITS][HEAD_DIM]
+    float* __restrict__ part_ml,   // [N_HEADS][SPLITS][2]: max (log2 units) and sum
+    unsigned* __restrict__ done,   // [gridDim.x]: splits finished; 0 between launches
     float* __restrict__ out,       // [N_HEADS][HEAD_DIM]
     int max_seq,
     float scale) {
@@ -317,10 +302,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
     }
     pdl_wait();
     pdl_trigger();
-    // This launch's tag: one past the last merge's (every earlier launch has completed).
-    unsigned tag;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(tag) : "l"(done + gridDim.x + blockIdx.x) : "memory");
-    tag += 1;
 
     // The warp whose last tile holds the current position fetches that row from L2 now and writes
     // it into the slot once the slot's copies have landed (they zero-filled it).
@@ -588,63 +569,57 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention(
             continue;
         }
         const long long at = (long long)(h0 + g) * SPLITS + split;
-        st_tagged(part_o + at * HEAD_DIM + d, tagged(o, tag));
-        if (d == 0) st_tagged2(part_ml + 2 * at, tagged(m, tag), tagged(l, tag));
+        part_o[at * HEAD_DIM + d] = o;
+        if (d == 0) {
+            part_ml[2 * at] = m;
+            part_ml[2 * at + 1] = l;
+        }
     }
     if (chunk >= seq) return;
 
     // The last block of this KV head (and head group) to finish merges the splits, so no second
     // kernel is needed: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
     const int splits = (seq + chunk - 1) / chunk;  // the splits holding positions
-    __syncthreads();  // counted once all its words are on their way: the merge seldom re-reads
+    fence_gpu();  // this block's partial result is visible before it is counted
+    __syncthreads();
     if (tid == 0) s_last = atomicAdd(&done[blockIdx.x], 1u) == (unsigned)splits - 1;
     __syncthreads();
     if (!s_last) return;
-    if (tid == 0) {  // for the next launch (kernels after this one wait for it)
-        done[blockIdx.x] = 0;
-        done[gridDim.x + blockIdx.x] = tag;
-    }
+    fence_gpu();  // and the other splits' results to this block
+    if (tid == 0) done[blockIdx.x] = 0;  // for the next launch (kernels after this one wait for it)
 
-    // A thread per 2 output values; it reads the max and sum of every split of its head itself
+    // A thread per 4 output values; it reads the max and sum of every split of its head itself
     // (the lanes of a warp share a head: one broadcast load), so the splits' outputs and weights
-    // are requested together, in batches merged online; a batch is requested again until every
-    // word carries this launch's tag.
-    constexpr int D2 = HEAD_DIM / 2, BATCH = SPLITS < 16 ? SPLITS : 16;
-    const unsigned long long none = tagged(NEG_INF, tag), zero = tagged(0.0f, tag);
-    for (int i = tid; i < gb * D2; i += THREADS) {
-        const int g = i / D2, d = (i % D2) * 2;
+    // are requested together, in batches merged online.
+    constexpr int D4 = HEAD_DIM / 4, BATCH = SPLITS < 32 ? SPLITS : 32;
+    for (int i = tid; i < gb * D4; i += THREADS) {
+        const int g = i / D4, d = (i % D4) * 4;
         const long long at = (long long)(h0 + g) * SPLITS;
-        float a0 = 0.0f, a1 = 0.0f, m = NEG_INF, l = 0.0f;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float m = NEG_INF, l = 0.0f;
         for (int s0 = 0; s0 < splits; s0 += BATCH) {
-            ulonglong2 ml[BATCH], v[BATCH];
-            bool landed;
-            do {
-#pragma unroll
-                for (int j = 0; j < BATCH; j++) {
-                    const bool used = s0 + j < splits;
-                    ml[j] = used ? ld_tagged2(part_ml + 2 * (at + s0 + j)) : make_ulonglong2(none, zero);
-                    v[j] = used ? ld_tagged2(part_o + (at + s0 + j) * HEAD_DIM + d) : make_ulonglong2(zero, zero);
-                }
-                unsigned stale = 0;
-#pragma unroll
-                for (int j = 0; j < BATCH; j++)
-                    stale |= (unsigned)(ml[j].x >> 32 ^ tag) | (unsigned)(ml[j].y >> 32 ^ tag) |
-                             (unsigned)(v[j].x >> 32 ^ tag) | (unsigned)(v[j].y >> 32 ^ tag);
-                landed = stale == 0;
-            } while (!landed);
+            float2 ml[BATCH];
+            float4 v[BATCH];
             float mb = m;
 #pragma unroll
-            for (int j = 0; j < BATCH; j++) mb = fmaxf(mb, __uint_as_float((unsigned)ml[j].x));
+            for (int j = 0; j < BATCH; j++) {
+                const bool used = s0 + j < splits;
+                ml[j] = used ? ld_cg2(part_ml + 2 * (at + s0 + j)) : make_float2(NEG_INF, 0.0f);
+                v[j] = used ? ld_cg4(part_o + (at + s0 + j) * HEAD_DIM + d) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                mb = fmaxf(mb, ml[j].x);
+            }
             const float alpha = exp2f(m - mb);  // 0 on the first batch (m = -inf, mb finite)
-            a0 *= alpha, a1 *= alpha, l *= alpha;
+            a.x *= alpha, a.y *= alpha, a.z *= alpha, a.w *= alpha;
+            l *= alpha;
 #pragma unroll
             for (int j = 0; j < BATCH; j++) {
-                const float w = exp2f(__uint_as_float((unsigned)ml[j].x) - mb);  // 0 past the used splits
-                l += __uint_as_float((unsigned)ml[j].y) * w;
-                a0 += __uint_as_float((unsigned)v[j].x) * w, a1 += __uint_as_float((unsigned)v[j].y) * w;
+                const float w = exp2f(ml[j].x - mb);  // 0 past the used splits
+                l += ml[j].y * w;
+                a.x += v[j].x * w, a.y += v[j].y * w, a.z += v[j].z * w, a.w += v[j].w * w;
             }
             m = mb;
         }
-        *reinterpret_cast<float2*>(out + (long long)(h0 + g) * HEAD_DIM + d) = make_float2(a0 / l, a1 / l);
+        *reinterpret_cast<float4*>(out + (long long)(h0 + g) * HEAD_DIM + d) =
+            make_float4(a.x / l, a.y / l, a.z / l, a.w / l);
     }
 }

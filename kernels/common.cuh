@@ -67,6 +67,11 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N_PENDING) : "memory");
 }
 
+// Release / acquire at GPU scope: writes before it are visible to a block that observes a later
+// atomic of this thread and then runs its own fence_gpu. Lighter than __threadfence(), which is
+// sequentially consistent.
+__device__ __forceinline__ void fence_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
 // Programmatic dependent launch (sm_90+): a kernel may start while the previous kernel on the
 // stream is still running. pdl_wait() blocks until that kernel has finished and its writes are
 // visible: everything before it may only read data no earlier kernel writes (weights).

@@ -450,10 +450,9 @@ impl QkNormRope {
     }
 }
 
-/// Split-sequence decode attention and its scratch buffers: the splits' partial results (tagged
-/// 64-bit words) and, per KV head and head group, the count of splits done and the tag of the
-/// last merge (the last split to finish merges the others; it resets the count and records the
-/// tag, so the buffers serve every launch and every layer in stream order).
+/// Split-sequence decode attention and its scratch buffers: the splits' partial results and, per
+/// KV head and head group, the count of splits done (the last one merges them; it resets the
+/// count, so the buffers serve every launch and every layer in stream order).
 pub struct Attention {
     ty: KernelType,
     pdl: bool,
@@ -463,8 +462,8 @@ pub struct Attention {
     splits: usize,
     shared_bytes: usize,
     max_seq: usize,
-    part_o: CudaSlice<u64>,
-    part_ml: CudaSlice<u64>,
+    part_o: CudaSlice<f32>,
+    part_ml: CudaSlice<f32>,
     done: CudaSlice<u32>,
 }
 
@@ -541,7 +540,7 @@ impl Attention {
             max_seq,
             part_o: ex.zeros(shape.n_heads * splits * shape.head_dim, "attention scratch")?,
             part_ml: ex.zeros(shape.n_heads * splits * 2, "attention scratch")?,
-            done: ex.zeros(2 * shape.n_kv_heads * Self::head_groups(shape), "attention scratch")?,
+            done: ex.zeros(shape.n_kv_heads * Self::head_groups(shape), "attention scratch")?,
         })
     }
 
@@ -573,9 +572,9 @@ impl Attention {
         // rows 16-byte aligned for its 16-byte copies; a tile's scales are copied from the 16-byte
         // boundary at or below its first row's, inside the scale array, and only bytes of rows
         // the split covers are read); shared memory as set above; writes and reads back the
-        // scratch entries of the splits holding positions (sized for N_HEADS x SPLITS) and a
-        // counter and a tag per block of the grid's x dimension (`done` has twice that many), and
-        // writes out[0..N_HEADS*HEAD_DIM).
+        // scratch entries of the splits holding positions (sized for N_HEADS x SPLITS) and one
+        // counter per block of the grid's x dimension (`done` has that many), and writes
+        // out[0..N_HEADS*HEAD_DIM).
         // Before its dependency wait it reads only step and the rows of earlier positions, which
         // no kernel of the decode step writes (qk_norm_rope, the kernel before it, writes q and the
         // current position's row).
