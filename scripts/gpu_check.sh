@@ -5,8 +5,9 @@
 #     bash scripts/build_carry.sh
 # then run this from the repository root with .carry present. Logs go to $OUT (default ./gpu-out).
 #     scripts/gpu_check.sh [tests|bench|multi|all|PARTS] [extra pytest args]
-# PARTS is a comma-separated list of tests, kernels, decode, prefill and multi; bench means
-# kernels,decode,prefill and all means tests plus bench.
+# PARTS is a comma-separated list of tests, kernels, decode, prefill, multi and profile; bench
+# means kernels,decode,prefill and all means tests plus bench. profile traces decode steps with
+# Nsight Systems ($NSYS, default nsys) and prints where their time goes (scripts/decode_trace.py).
 # $TESTS narrows the test run to some files (default: the whole tests directory).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,19 @@ if has decode; then
 fi
 if has prefill; then
     python3 -m qwen3_rs bench --prefill --random-model-dir /tmp/qwen3-8b-random 2>&1 | tee "$OUT/bench-prefill.log"
+fi
+if has profile; then
+    for run in fp16:128 fp16:4096 q8:4096; do
+        kv=${run%:*} ctx=${run#*:}
+        trace="$OUT/decode-$kv-$ctx"
+        ${NSYS:-nsys} profile --cuda-graph-trace=node -t cuda --force-overwrite true -o "$trace" python3 -m qwen3_rs bench \
+            --random-model-dir /tmp/qwen3-8b-random --kv-cache-dtype "$kv" --contexts "$ctx" --steps 20 \
+            > "$trace.log" 2>&1
+        ${NSYS:-nsys} export --type sqlite --force-overwrite true -o "$trace.sqlite" "$trace.nsys-rep" >> "$trace.log" 2>&1
+        echo "== $kv KV cache, context $ctx"
+        python3 scripts/decode_trace.py "$trace.sqlite" 2>&1 | tee "$trace.txt"
+        rm -f "$trace.nsys-rep" "$trace.sqlite" "$trace.qdstrm"
+    done
 fi
 if has multi; then
     python3 -m pytest -q -rs tests/test_multi_gpu.py "$@" 2>&1 | tee "$OUT/pytest-multi.log"

@@ -83,21 +83,35 @@ fn random_linear(
     Ok(w)
 }
 
-/// The layer's projections and the fp16 lm_head as decode runs them (one token).
+/// Bytes of weights or KV caches a decode case cycles through: several times the largest L2 of
+/// current GPUs (50 MB on an H100), so, as in decode, where every other layer's weights and cache
+/// pass through L2 between two reads of a layer's, every launch reads its data from DRAM.
+const DECODE_ROTATION_BYTES: usize = 256 << 20;
+
+/// The layer's projections and the fp16 lm_head as decode runs them (one token). Successive
+/// launches of a projection go to successive layers' weights (at least DECODE_ROTATION_BYTES in
+/// all), so each reads its weights from DRAM as in decode, not from L2.
 pub fn gemv_cases(ex: &Executor) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for (i, (name, k, n, epilogue, norm)) in LAYER_LINEARS.into_iter().enumerate() {
-        let w = random_linear(ex, k, n, epilogue, 1000 + i as u64, name)?;
+        let rows = if epilogue == Epilogue::SiluMul { 2 * n } else { n };
+        let bytes = AwqLinear::device_bytes(k, rows, GROUP);
+        let layers = DECODE_ROTATION_BYTES.div_ceil(bytes).max(2);
+        let weights = (0..layers)
+            .map(|_| random_linear(ex, k, n, epilogue, 1000 + i as u64, name))
+            .collect::<Result<Vec<_>>>()?;
         let norm_weight = ex.upload(&random_halves(k, 1004 + i as u64), "norm")?;
         let x = ex.upload(&random_floats(k, 1003 + i as u64), "x")?;
         let mut y: CudaSlice<f32> = ex.zeros(n, "y")?;
         let gemv = AwqGemv::new(ex, k, n, GROUP, epilogue, norm)?;
+        let mut layer = 0;
         cases.push(Case {
             name: name.into(),
-            bytes: AwqLinear::device_bytes(k, w.rows, GROUP),
+            bytes,
             flops: 0,
             run: Box::new(move |ex| {
-                gemv.launch(ex.stream(), &x, norm.then_some((&norm_weight, 1e-6)), &w, &mut y)
+                layer = (layer + 1) % layers;
+                gemv.launch(ex.stream(), &x, norm.then_some((&norm_weight, 1e-6)), &weights[layer], &mut y)
             }),
         });
     }
@@ -149,21 +163,16 @@ fn random_caches(
         .collect()
 }
 
-/// Bytes of KV caches a decode-attention case cycles through: several times the largest L2 of
-/// current GPUs (50 MB on an H100), so, as in decode, where every other layer's weights and cache
-/// pass through L2 between two reads of a layer's cache, every launch reads its cache from DRAM.
-const ATTENTION_CACHE_BYTES: usize = 256 << 20;
-
 /// Decode attention of a Qwen3-8B layer (32 query heads, 8 KV heads, head_dim 128) over a cache
 /// of `context` positions in `dtype`. Successive launches go to successive layers' caches (at
-/// least two, at least ATTENTION_CACHE_BYTES in all), as in a decode step, so the time per launch
+/// least two, at least DECODE_ROTATION_BYTES in all), as in a decode step, so the time per launch
 /// is the time per layer: each reads its cache from DRAM, and its launch overlaps the previous
 /// kernel's tail as it does in the decode graph.
 pub fn attention_case(ex: &Executor, context: usize, dtype: KvDtype) -> Result<Case> {
     let shape = HeadShape { head_dim: 128, n_heads: 32, n_kv_heads: 8 };
     let (values, scales) = KvLayer::lens(shape, context, dtype);
     let bytes = 2 * (values + 2 * scales);
-    let layers = ATTENTION_CACHE_BYTES.div_ceil(bytes).max(2);
+    let layers = DECODE_ROTATION_BYTES.div_ceil(bytes).max(2);
     let caches = random_caches(ex, shape, context, dtype, layers)?;
     let q = ex.upload(&random_floats(shape.n_heads * shape.head_dim, 15), "q")?;
     let step = ex.upload(&[0i32, context as i32 - 1][..STEP_LEN], "step")?;
