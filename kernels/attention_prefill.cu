@@ -103,14 +103,21 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
     // warp reads whole rows); positions past kend are zero-filled.
     auto load_chunk = [&](int c0, int b) {
 #if KV_Q8
-        signed char* kb = raw + b * RAW_BYTES;
-        for (int i = tid; i < KC * (HEAD_DIM / 16); i += NW * 32) {
-            const int r = i / (HEAD_DIM / 16), d0 = (i % (HEAD_DIM / 16)) * 16;
+        kv_t* kb = raw + b * RAW_BYTES;
+        constexpr int PITCH = HEAD_DIM;  // raw rows, dequantized into the fp16 layout per chunk
+#else
+        kv_t* kb = smem + b * CHUNK_HALVES;
+        constexpr int PITCH = KP;
+#endif
+        constexpr int E = 16 / sizeof(kv_t);  // values per 16-byte copy
+        for (int i = tid; i < KC * (HEAD_DIM / E); i += NW * 32) {
+            const int r = i / (HEAD_DIM / E), d0 = (i % (HEAD_DIM / E)) * E;
             const bool ok = c0 + r < kend;
             const long long row = head_row + (ok ? c0 + r : 0);
-            cp_async16(smem_u32(kb + r * HEAD_DIM + d0), k_cache + row * HEAD_DIM + d0, ok);
-            cp_async16(smem_u32(kb + (KC + r) * HEAD_DIM + d0), v_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + r * PITCH + d0), k_cache + row * HEAD_DIM + d0, ok);
+            cp_async16(smem_u32(kb + (KC + r) * PITCH + d0), v_cache + row * HEAD_DIM + d0, ok);
         }
+#if KV_Q8
         // Scales (too small and unaligned for cp.async) wait in registers for the chunk's turn.
 #pragma unroll
         for (int j = 0; j < SREG; j++) {
@@ -118,15 +125,6 @@ extern "C" __global__ void __launch_bounds__(NW * 32) attention_prefill(
             const bool ok = i < N_SCALES && c0 + r / Q8_PER_ROW < kend;
             const f16_t* src = which ? v_scale : k_scale;
             next_scale[j] = ok ? src[(head_row + c0) * Q8_PER_ROW + r] : (f16_t)0;
-        }
-#else
-        f16_t* kb = smem + b * CHUNK_HALVES;
-        for (int i = tid; i < KC * (HEAD_DIM / 8); i += NW * 32) {
-            const int r = i / (HEAD_DIM / 8), d0 = (i % (HEAD_DIM / 8)) * 8;
-            const bool ok = c0 + r < kend;
-            const long long row = head_row + (ok ? c0 + r : 0);
-            cp_async16(smem_u32(kb + r * KP + d0), k_cache + row * HEAD_DIM + d0, ok);
-            cp_async16(smem_u32(kb + (KC + r) * KP + d0), v_cache + row * HEAD_DIM + d0, ok);
         }
 #endif
         cp_async_commit();
